@@ -1,0 +1,49 @@
+"""The `edgecut` command: one verb per job.
+
+Each area of the package registers its own verbs (runtime: remove, models; compress: label,
+distill, export; bench: bench), so adding a verb never touches this file. The modules named
+here must import without torch: heavy imports happen inside the verb's handler.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .runtime.errors import EdgecutError
+
+COMMAND_MODULES = (
+    "edgecut.runtime.commands",
+    "edgecut.compress.commands",
+    "edgecut.bench.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecut", description="On-device background removal.")
+    parser.add_argument("--version", action="version", version=f"edgecut {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgecutError as e:
+        print(f"edgecut {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
