@@ -1,0 +1,49 @@
+# edgecut: `make demo` and `make test` do all the set-up on a fresh clone (a virtualenv in .venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DATA   ?= $(abspath ../shared/data)
+export EDGECUT_DATA := $(DATA)
+
+.PHONY: demo test install install-dev models bench-accuracy bench-latency label-clothing train-default export-default clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The lean runtime alone (numpy, onnxruntime, Pillow): what `pip install edgecut` gives.
+$(VENV)/.base: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+# Everything for tests and the compression pipeline (torch pinned to the CPU build).
+$(VENV)/.dev: $(VENV)/.base
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.base
+install-dev: $(VENV)/.dev
+
+demo: $(VENV)/.base
+	$(BIN)/edgecut models
+	$(BIN)/edgecut remove samples -o demo-out/cutout
+	$(BIN)/edgecut remove samples -o demo-out/mask --mask
+	$(BIN)/edgecut remove samples -o demo-out/on-white --bg white
+	@echo "demo: RGBA cutouts in demo-out/cutout, masks in demo-out/mask, white backgrounds in demo-out/on-white"
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+# --- the commands behind the shipped model and the README's tables (long: run by hand) ---------
+bench-accuracy: $(VENV)/.dev
+	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-small --model teacher:isnet-imgly
+
+bench-latency: $(VENV)/.dev
+	$(BIN)/edgecut bench latency --model edgecut-small --model teacher:isnet-imgly
+
+label-clothing: $(VENV)/.dev
+	$(BIN)/edgecut fetch-teacher
+	$(BIN)/edgecut label --teacher isnet-imgly $(DATA)/train/clothing/images --out .cache/labels/clothing/teacher
+
+clean:
+	rm -rf demo-out runs/bench build *.egg-info

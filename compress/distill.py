@@ -1,0 +1,157 @@
+"""Distillation training loop: student learns the teacher's soft alpha (or human masks).
+
+Resumable by design: every `ckpt_every` steps the model, optimiser, schedule and RNG state go
+to `<out>/last.pt` atomically, so a stopped run loses at most that many steps. The log is JSON
+lines (`<out>/log.jsonl`): training loss parts and, every `eval_every` steps, IoU/MAE against the
+teacher on a held-out split that never trains, to watch over-fitting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models.student import count_macs, count_params, create_student
+from ..models.variants import get_variant
+from .data import AugmentConfig, BatchAugmenter, eval_tensors, find_pairs, load_all, split_pairs
+from .losses import distill_loss
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "edgecut-small"
+    data: str = "../shared/data/train"
+    sets: tuple = ()                 # empty: every set with alphas
+    label_roots: tuple = ()          # extra <root>/<set>/teacher folders (from `edgecut label`)
+    out: str = "runs/distill/edgecut-small"
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: int = 300
+    holdout: float = 0.03
+    eval_every: int = 500
+    ckpt_every: int = 250
+    seed: int = 0
+    threads: int = 0                 # 0: torch's default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 1% of the peak."""
+    import math
+
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch: int = 32) -> dict:
+    model.eval()
+    ious, maes = [], []
+    for i in range(0, len(x), batch):
+        p = model(x[i:i + batch])
+        t = y[i:i + batch]
+        pb, tb = p >= 0.5, t >= 0.5
+        inter = (pb & tb).sum((1, 2, 3)).float()
+        union = (pb | tb).sum((1, 2, 3)).float()
+        ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
+        maes.append((p - t).abs().mean((1, 2, 3)))
+    model.train()
+    return {"iou": float(torch.cat(ious).mean()), "mae": float(torch.cat(maes).mean())}
+
+
+def _save_atomic(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train (or resume) and return the path of the best checkpoint by held-out IoU."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scfg = get_variant(cfg.variant)
+    cfg.augment.size = scfg.input_size
+
+    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots)
+    if not pairs:
+        raise SystemExit(f"no (photo, alpha) pairs under {cfg.data}")
+    train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    (out / "split.json").write_text(json.dumps({
+        "train": len(train_pairs), "holdout": [f"{p.set}/{p.image.name}" for p in held_pairs],
+        "sets": sorted({p.set for p in pairs})}, indent=1))
+
+    model = create_student(scfg).to(memory_format=torch.channels_last)  # ~1.3x faster on CPU
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, best = 0, -1.0
+    aug_seed = cfg.seed
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, best = ck["step"], ck.get("best", -1.0)
+        aug_seed = cfg.seed + step  # a fresh but reproducible augmentation stream after resume
+        print(f"resumed from {last} at step {step}")
+
+    samples = load_all(train_pairs, progress=progress)
+    held = load_all(held_pairs, progress=False)
+    ex, ey = eval_tensors(held, scfg.input_size, scfg.mean, scfg.std)
+    aug = BatchAugmenter(samples, cfg.augment, scfg.mean, scfg.std, seed=aug_seed)
+    print(f"{cfg.variant}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
+          f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
+
+    log = open(out / "log.jsonl", "a")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step")
+    model.train()
+    t0, seen = time.time(), 0
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        x, y = aug.batch(cfg.batch_size)
+        x = x.contiguous(memory_format=torch.channels_last)
+        loss, parts = distill_loss(model.forward_logits(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        seen += len(x)
+        rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+               "lr": opt.param_groups[0]["lr"], "img_s": seen / (time.time() - t0)}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rec["holdout"] = evaluate(model, ex, ey)
+            if rec["holdout"]["iou"] > best:
+                best = rec["holdout"]["iou"]
+                _save_atomic({"model": model.state_dict(), "variant": cfg.variant, "step": step,
+                              "holdout": rec["holdout"]}, out / "best.pt")
+        if step % 20 == 0 or "holdout" in rec:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                          "variant": cfg.variant}, last)
+        if bar:
+            bar.update(1)
+            post = {"loss": f"{rec['loss']:.3f}", "img/s": f"{rec['img_s']:.1f}"}
+            if "holdout" in rec:
+                post["held_iou"] = f"{rec['holdout']['iou']:.3f}"
+            bar.set_postfix(post, refresh=False)
+    if bar:
+        bar.close()
+    log.close()
+    return out / "best.pt"

@@ -1,0 +1,152 @@
+"""Export a trained student: fp32 ONNX, then int8 ONNX by calibrated static quantization.
+
+Each model is written as a folder `<out>/<name>/` holding the model file, `manifest.json`
+(how to run it and where it came from) and, for shipped models, `MODEL_CARD.md`: the runtime
+loads such a folder by path, and `models/embedded/` holds exactly these folders.
+
+int8 uses onnxruntime's static quantization in QDQ format (per-channel int8 weights, uint8
+activations) calibrated on real photos that go through the runtime's own preprocessing, so the
+activation ranges seen in calibration are the ones seen in use.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.manifest import Manifest, sha256_of
+
+DEFAULT_TEACHER = ("IS-Net, img.ly @imgly/background-removal-data@1.4.5 '/models/medium' (fp16), "
+                   "AGPL-3.0; used only to label training photos, none of its weights are shipped")
+DEFAULT_DATA = ("../shared/data/train: caltech101, imagenette, imagenet_sample_1000, portrait_shen2016_nontest, "
+                "ccp_unlabeled, cats_dogs, grocery_store (research-use terms; ImageNet terms for the ImageNet "
+                "subsets), labelled by the teacher")
+DEFAULT_LICENSE = ("code Apache-2.0; weights trained on research-use photos: research and evaluation use, "
+                   "see MODEL_CARD.md")
+
+
+def load_student(checkpoint):
+    """A student from a distill checkpoint (best.pt / last.pt), in eval mode."""
+    import torch
+
+    from ..models.student import create_student
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = create_student(ck["variant"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFAULT_DATA,
+                license=DEFAULT_LICENSE, notes: str = "", extra=None) -> Path:
+    """Write <out_dir>/<name>/{model.onnx, manifest.json}; returns the folder."""
+    import torch
+
+    from ..models.student import count_macs, count_params
+
+    cfg = model.cfg
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    size = cfg.input_size
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        torch.onnx.export(model, torch.zeros(1, 3, size, size), str(tmp_path), input_names=["input"],
+                          output_names=["alpha"], opset_version=17, dynamo=False, do_constant_folding=True)
+        tmp_path.replace(folder / "model.onnx")
+    manifest = Manifest(
+        name=name, file="model.onnx", format="onnx", precision="fp32", input_size=(size, size),
+        mean=tuple(cfg.mean), std=tuple(cfg.std), input_name="input", output_name="alpha",
+        architecture=cfg.name, params=count_params(model), macs=count_macs(model, size),
+        sha256=sha256_of(folder / "model.onnx"), teacher=teacher, data=data, license=license, notes=notes,
+        extra={"variant": cfg.to_dict(), **(extra or {})})
+    manifest.save(folder / "manifest.json")
+    return folder
+
+
+def calibration_photos(folder, n: int, seed: int = 0) -> list[Path]:
+    """n photos sampled reproducibly from a folder tree (the training photos are a good choice)."""
+    exts = {".jpg", ".jpeg", ".png", ".webp"}
+    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and "teacher" not in p.parts
+                    and "masks" not in p.parts)
+    if not photos:
+        raise FileNotFoundError(f"no calibration photos under {folder}")
+    random.Random(seed).shuffle(photos)
+    return photos[:n]
+
+
+class _PhotoReader:
+    """onnxruntime CalibrationDataReader over photos, through the runtime's preprocessing."""
+
+    def __init__(self, session, photos):
+        from ..runtime.imageio import load_rgb
+
+        self._inputs = ({session.backend.input_name: session.preprocess(load_rgb(p))} for p in photos)
+
+    def get_next(self):
+        return next(self._inputs, None)
+
+
+def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax",
+                  per_channel: bool = True, exclude_nodes=()) -> Path:
+    """Static int8 (QDQ) copy of an exported fp32 folder -> <out_dir>/<name>/."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..runtime.session import Session
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    fp32_folder = Path(fp32_folder)
+    manifest = Manifest.load(fp32_folder / "manifest.json")
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    session = Session(fp32_folder)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_folder / manifest.file), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / "model.onnx"
+        quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=list(exclude_nodes))
+        out.replace(folder / "model.onnx")
+    q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
+                extra={**manifest.extra, "quantization": {
+                    "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                    "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
+                    "calibration": method, "calibration_photos": len(photos),
+                    "float_ops": float_ops(folder / "model.onnx")}})
+    q.save(folder / "manifest.json")
+    return folder
+
+
+def float_ops(path) -> dict:
+    """Op types that still compute in float in a QDQ model: those whose inputs are not all dequantized
+    int8 tensors (onnxruntime fuses DQ -> op -> Q into an integer kernel only in that case)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    weights = {i.name for i in graph.initializer}
+    counts: dict = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        data_inputs = [i for i in n.input if i and i not in weights]
+        if not data_inputs or all(producers.get(i) == "DequantizeLinear" for i in data_inputs):
+            continue
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def copy_model(folder, dest) -> Path:
+    """Copy an exported model folder (e.g. into models/embedded/)."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(folder, dest)
+    return dest

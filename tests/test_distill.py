@@ -1,0 +1,86 @@
+"""Distillation: data discovery, augmentation, the loss, and a resumable few-step run."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from edgecut.compress.data import AugmentConfig, BatchAugmenter, find_pairs, load_all, split_pairs  # noqa: E402
+from edgecut.compress.distill import TrainConfig, train  # noqa: E402
+from edgecut.compress.losses import distill_loss  # noqa: E402
+from edgecut.models.variants import StudentConfig, register  # noqa: E402
+
+register(StudentConfig(name="test-distill", input_size=32, width=0.25, context_channels=8,
+                       decoder_channels=(8, 8, 8, 8), refine_channels=8))
+
+
+@pytest.fixture
+def train_dir(tmp_path):
+    """Two sets: one with teacher alphas, one with a human mask and one unlabelled photo."""
+    rng = np.random.default_rng(0)
+    for set_name, kind, n in [("a", "teacher", 12), ("b", "masks", 3)]:
+        (tmp_path / set_name / "images").mkdir(parents=True)
+        (tmp_path / set_name / kind).mkdir()
+        for i in range(n):
+            img = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
+            alpha = np.zeros((40, 48), np.uint8)
+            y, x = rng.integers(5, 20, 2)
+            img[y:y + 15, x:x + 20] += 150
+            alpha[y:y + 15, x:x + 20] = 255
+            Image.fromarray(img).save(tmp_path / set_name / "images" / f"{i}.jpg")
+            Image.fromarray(alpha).save(tmp_path / set_name / kind / f"{i}.png")
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "b" / "images" / "unlabelled.jpg")
+    return tmp_path
+
+
+def test_find_pairs_prefers_human_masks_and_skips_unlabelled(train_dir):
+    pairs = find_pairs(train_dir)
+    assert len(pairs) == 15
+    assert all(p.human for p in pairs if p.set == "b")
+    assert not any(p.image.stem == "unlabelled" for p in pairs)
+
+
+def test_holdout_split_is_stable(train_dir):
+    pairs = find_pairs(train_dir)
+    t1, h1 = split_pairs(pairs, 0.3)
+    t2, h2 = split_pairs(list(reversed(pairs)), 0.3)
+    assert {p.image for p in h1} == {p.image for p in h2}
+    assert len(t1) + len(h1) == len(pairs) and h1
+
+
+def test_augmenter_shapes_ranges_and_determinism(train_dir):
+    samples = load_all(find_pairs(train_dir), progress=False)
+    cfg = AugmentConfig(size=32, composite_p=1.0)
+    x1, y1 = BatchAugmenter(samples, cfg, (0.5,) * 3, (0.5,) * 3, seed=3).batch(4)
+    x2, y2 = BatchAugmenter(samples, cfg, (0.5,) * 3, (0.5,) * 3, seed=3).batch(4)
+    assert x1.shape == (4, 3, 32, 32) and y1.shape == (4, 1, 32, 32)
+    assert float(y1.min()) >= 0 and float(y1.max()) <= 1
+    assert float(x1.min()) >= -1 - 1e-6 and float(x1.max()) <= 1 + 1e-6
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_loss_prefers_the_right_answer_and_sharp_edges():
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 8:24, 8:24] = 1
+    good, _ = distill_loss((target - 0.5) * 20, target)
+    blurred = torch.nn.functional.avg_pool2d(target, 7, 1, 3)
+    soft, _ = distill_loss(torch.logit(blurred.clamp(0.01, 0.99)), target)
+    bad, _ = distill_loss((0.5 - target) * 20, target)
+    assert float(good) < float(soft) < float(bad)
+
+
+def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(variant="test-distill", data=str(train_dir), out=str(out), steps=4, batch_size=2,
+                      warmup=1, eval_every=2, ckpt_every=2, holdout=0.3, threads=1)
+    best = train(cfg, progress=False)
+    assert best.exists() and (out / "last.pt").exists()
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
+    cfg.steps = 6
+    train(cfg, progress=False)  # resumes at 4, runs 2 more
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in log if "holdout" in r]
+    assert evals == [2, 4, 6]
+    assert 0 <= log[-1]["holdout"]["iou"] <= 1

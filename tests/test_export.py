@@ -1,0 +1,80 @@
+"""Export round trip: torch student -> ONNX (fp32, int8) -> the lean runtime gives the same alpha."""
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from edgecut.compress.export import export_onnx, float_ops, quantize_int8  # noqa: E402
+from edgecut.models.student import create_student  # noqa: E402
+from edgecut.models.variants import StudentConfig, register  # noqa: E402
+from edgecut.runtime.manifest import Manifest, sha256_of  # noqa: E402
+from edgecut.runtime.session import Session  # noqa: E402
+
+TINY = register(StudentConfig(name="test-tiny", input_size=64, width=0.25, context_channels=16,
+                              decoder_channels=(16, 8, 8, 8), refine_channels=8))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_student(TINY).eval()
+    # Non-trivial BatchNorm statistics, so folding them in export is really exercised.
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    out = tmp_path_factory.mktemp("export")
+    return model, export_onnx(model, out, "tiny-fp32"), out
+
+
+def _photos(tmp_path, n=4):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        a = np.zeros((90, 120, 3), np.uint8)
+        a[:] = rng.integers(0, 255, 3)
+        a[20:70, 30 + 5 * i:90] = rng.integers(0, 255, 3)
+        p = tmp_path / f"p{i}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_manifest_is_complete(exported):
+    _, folder, _ = exported
+    m = Manifest.load(folder / "manifest.json")
+    assert m.input_size == (64, 64) and m.output_name == "alpha" and m.precision == "fp32"
+    assert m.sha256 == sha256_of(folder / "model.onnx")
+    assert m.params > 0 and m.macs > 0 and m.teacher and m.data and m.license
+
+
+def test_onnx_matches_torch(exported, tmp_path):
+    model, folder, _ = exported
+    session = Session(folder, threads=1)
+    for p in _photos(tmp_path):
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        x = session.preprocess(rgb)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x))[0, 0].numpy()
+        got = session.infer(rgb)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_int8_runs_and_stays_close(exported, tmp_path):
+    _, folder, out = exported
+    photos = _photos(tmp_path, 6)
+    q = quantize_int8(folder, out, "tiny-int8", photos)
+    m = Manifest.load(q / "manifest.json")
+    assert m.precision == "int8" and m.sha256 == sha256_of(q / "model.onnx")
+    assert (q / "model.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+    fp, i8 = Session(folder, threads=1), Session(q, threads=1)
+    for p in photos:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        assert np.abs(fp.infer(rgb) - i8.infer(rgb)).mean() < 0.03
+
+
+def test_float_ops_finds_unquantized_nodes(exported):
+    _, folder, _ = exported
+    ops = float_ops(folder / "model.onnx")  # the fp32 model: everything is float
+    assert ops.get("Conv", 0) > 0
