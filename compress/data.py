@@ -31,9 +31,11 @@ class Pair:
     human: bool  # a human mask rather than a teacher alpha
 
 
-def find_pairs(root, sets=None, label_roots=()) -> list[Pair]:
-    """Every photo under root/<set>/images that has an alpha somewhere; unlabelled ones are skipped."""
+def find_pairs(root, sets=None, label_roots=(), exclude=()) -> list[Pair]:
+    """Every photo under root/<set>/images that has an alpha somewhere; unlabelled ones are skipped,
+    and so are photos named in `exclude` (e.g. the demo samples, to keep the demo honest)."""
     root = Path(root)
+    exclude = set(exclude)
     pairs = []
     for set_dir in sorted(p for p in root.iterdir() if (p / "images").is_dir()):
         if sets and set_dir.name not in sets:
@@ -41,7 +43,7 @@ def find_pairs(root, sets=None, label_roots=()) -> list[Pair]:
         alpha_dirs = [(set_dir / "masks", True), (set_dir / "teacher", False)]
         alpha_dirs += [(Path(r) / set_dir.name / "teacher", False) for r in label_roots]
         for img in sorted((set_dir / "images").iterdir()):
-            if img.suffix.lower() not in IMAGE_EXTS:
+            if img.suffix.lower() not in IMAGE_EXTS or img.name in exclude:
                 continue
             for d, human in alpha_dirs:
                 a = d / (img.stem + ".png")

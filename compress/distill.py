@@ -27,6 +27,7 @@ class TrainConfig:
     data: str = "../shared/data/train"
     sets: tuple = ()                 # empty: every set with alphas
     label_roots: tuple = ()          # extra <root>/<set>/teacher folders (from `edgecut label`)
+    exclude: tuple = ()              # photo file names never to train on (the repo's samples/)
     out: str = "runs/distill/edgecut-small"
     steps: int = 20000
     batch_size: int = 16
@@ -83,7 +84,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     scfg = get_variant(cfg.variant)
     cfg.augment.size = scfg.input_size
 
-    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots)
+    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots, cfg.exclude)
     if not pairs:
         raise SystemExit(f"no (photo, alpha) pairs under {cfg.data}")
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)

@@ -40,6 +40,7 @@ def test_find_pairs_prefers_human_masks_and_skips_unlabelled(train_dir):
     assert len(pairs) == 15
     assert all(p.human for p in pairs if p.set == "b")
     assert not any(p.image.stem == "unlabelled" for p in pairs)
+    assert len(find_pairs(train_dir, exclude={"0.jpg"})) == 13  # 0.jpg in both sets
 
 
 def test_holdout_split_is_stable(train_dir):
