@@ -85,7 +85,8 @@ class _PhotoReader:
     def __init__(self, session, photos):
         from ..runtime.imageio import load_rgb
 
-        self._inputs = ({session.backend.input_name: session.preprocess(load_rgb(p))} for p in photos)
+        name = session.manifest.input_name
+        self._inputs = ({name: session.preprocess(load_rgb(p))} for p in photos)
 
     def get_next(self):
         return next(self._inputs, None)

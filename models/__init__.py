@@ -1,0 +1,126 @@
+"""The registry of models shipped inside the package, and how a `--model` argument finds its file.
+
+Models are data, not code: each lives in `embedded/<name>/` as a model file plus the
+`manifest.json` that says how to feed it, so shipping a new model never touches the runtime.
+This module must stay importable without torch (the lean runtime imports it); torch modules
+that build or train models live in their own modules beside it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+from ..runtime.errors import EdgecutError
+from ..runtime.manifest import Manifest
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+MODEL_SUFFIXES = (".onnx", ".ort", ".tflite")
+
+__all__ = [
+    "EMBEDDED_DIR", "DEFAULT_MODEL", "Manifest", "embedded_dir", "list_models",
+    "default_model", "resolve",
+]
+
+
+def embedded_dir() -> Path:
+    """Where embedded models live; EDGECUT_MODELS_DIR swaps in another zoo (tests, private models)."""
+    return Path(os.environ.get("EDGECUT_MODELS_DIR") or EMBEDDED_DIR)
+
+
+def _load_manifest(path: Path) -> Manifest:
+    try:
+        return Manifest.load(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise EdgecutError(f"{path}: unreadable manifest ({e})") from None
+
+
+def _embedded() -> dict:
+    """name -> model folder, for every folder that has a manifest (the folder name is the key)."""
+    root = embedded_dir()
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if (d / "manifest.json").is_file()}
+
+
+def list_models() -> List[Manifest]:
+    """Manifests of the embedded models, sorted by name (name = the folder name)."""
+    out = []
+    for name, folder in _embedded().items():
+        m = _load_manifest(folder / "manifest.json")
+        m.name = name
+        out.append(m)
+    return out
+
+
+def default_model() -> Optional[str]:
+    """The `embedded/DEFAULT` file names the default; without one, the first model by name."""
+    names = list(_embedded())
+    marker = embedded_dir() / "DEFAULT"
+    if marker.is_file():
+        name = marker.read_text(encoding="utf-8").strip()
+        if name in names:
+            return name
+    return names[0] if names else None
+
+
+def __getattr__(name):
+    # Computed on access: the lead drops the trained model in after this module is imported.
+    if name == "DEFAULT_MODEL":
+        return default_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _beside(model_file: Path) -> Optional[Path]:
+    for cand in (model_file.with_suffix(".json"), model_file.parent / "manifest.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _checked(model_file: Path, manifest: Manifest, where) -> Tuple[Path, Manifest]:
+    if not model_file.is_file():
+        raise EdgecutError(f"{where}: model file {model_file} not found")
+    return model_file, manifest
+
+
+def resolve(model: Union[str, os.PathLike] = "default") -> Tuple[Path, Manifest]:
+    """Find (model file, manifest) for a name, a model folder, a manifest .json or a model file.
+
+    Names win over paths so that `--model default` never picks up a stray folder called `default`.
+    """
+    key = str(model)
+    embedded = _embedded()
+    if key == "default":
+        name = default_model()
+        if name is None:
+            raise EdgecutError(
+                f"no embedded model in {embedded_dir()}; pass --model PATH (an .onnx with its manifest)")
+        key = name
+    if key in embedded:
+        folder = embedded[key]
+        m = _load_manifest(folder / "manifest.json")
+        m.name = key
+        return _checked(folder / m.file, m, folder / "manifest.json")
+
+    p = Path(model).expanduser()
+    if p.is_dir() and (p / "manifest.json").is_file():
+        m = _load_manifest(p / "manifest.json")
+        return _checked(p / m.file, m, p / "manifest.json")
+    if p.is_file() and p.suffix.lower() == ".json":
+        m = _load_manifest(p)
+        return _checked(p.parent / m.file, m, p)
+    if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES:
+        mpath = _beside(p)
+        if mpath is None:
+            raise EdgecutError(
+                f"{p}: no manifest beside the model (looked for {p.with_suffix('.json').name} "
+                "and manifest.json)")
+        m = _load_manifest(mpath)
+        if p.suffix.lower() == ".tflite":
+            m.format = "tflite"
+        return p, m
+    names = ", ".join(embedded) or "none"
+    raise EdgecutError(
+        f"unknown model {key!r}: not an embedded model (available: {names}) "
+        "and not a model file, manifest or model folder")

@@ -14,8 +14,7 @@ class Student(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = MobileNetEncoder(cfg.stages, cfg.stem_channels, cfg.width)
-        self.decoder = Decoder(self.encoder.feature_channels(), cfg.context_channels,
-                               cfg.decoder_channels, cfg.refine_channels)
+        self.decoder = Decoder(self.encoder.feature_channels(), cfg.context_channels, cfg.decoder_channels)
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(x, self.encoder(x))

@@ -25,9 +25,8 @@ class StudentConfig:
     stem_channels: int = 16
     width: float = 1.0
     context_channels: int = 128
-    # Decoder channels from 1/16 up to 1/2 (one per skip level), then a full-res refinement.
+    # Decoder channels from 1/16 up to 1/2 (one per skip level); logits are upsampled from 1/2.
     decoder_channels: tuple = (64, 40, 24, 16)
-    refine_channels: int = 16
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
 
@@ -56,8 +55,8 @@ def list_variants() -> list[str]:
 
 _BASE = StudentConfig(name="base")
 register(replace(_BASE, name="edgecut-nano", width=0.5, context_channels=64,
-                 decoder_channels=(40, 24, 16, 12), refine_channels=12))
+                 decoder_channels=(40, 24, 16, 16)))
 register(replace(_BASE, name="edgecut-small"))
 register(replace(_BASE, name="edgecut-small-320", input_size=320))
 register(replace(_BASE, name="edgecut-medium", width=1.4, context_channels=160,
-                 decoder_channels=(80, 48, 32, 24), refine_channels=16))
+                 decoder_channels=(80, 48, 32, 24)))

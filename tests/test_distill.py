@@ -13,7 +13,7 @@ from edgecut.compress.losses import distill_loss  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 
 register(StudentConfig(name="test-distill", input_size=32, width=0.25, context_channels=8,
-                       decoder_channels=(8, 8, 8, 8), refine_channels=8))
+                       decoder_channels=(8, 8, 8, 8)))
 
 
 @pytest.fixture

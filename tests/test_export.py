@@ -12,7 +12,7 @@ from edgecut.runtime.manifest import Manifest, sha256_of  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
 
 TINY = register(StudentConfig(name="test-tiny", input_size=64, width=0.25, context_channels=16,
-                              decoder_channels=(16, 8, 8, 8), refine_channels=8))
+                              decoder_channels=(16, 8, 8, 8)))
 
 
 @pytest.fixture(scope="module")
