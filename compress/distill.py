@@ -108,7 +108,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     samples = load_all(train_pairs, progress=progress)
     held = load_all(held_pairs, progress=False)
-    ex, ey = eval_tensors(held, scfg.input_size, scfg.mean, scfg.std)
+    if held:
+        ex, ey = eval_tensors(held, scfg.input_size, scfg.mean, scfg.std)
+    else:  # too few photos for a held-out split: "best" is simply the latest
+        print("warning: no held-out photos (raise --holdout or add photos); best.pt = latest")
     aug = BatchAugmenter(samples, cfg.augment, scfg.mean, scfg.std, seed=aug_seed)
     print(f"{cfg.variant}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
           f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
@@ -135,9 +138,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                "lr": opt.param_groups[0]["lr"], "img_s": seen / (time.time() - t0)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            rec["holdout"] = evaluate(model, ex, ey)
-            if rec["holdout"]["iou"] > best:
-                best = rec["holdout"]["iou"]
+            rec["holdout"] = evaluate(model, ex, ey) if held else {"iou": float("nan"), "mae": float("nan")}
+            if not held or rec["holdout"]["iou"] > best:
+                best = rec["holdout"]["iou"] if held else best
                 _save_atomic({"model": model.state_dict(), "variant": cfg.variant, "step": step,
                               "holdout": rec["holdout"]}, out / "best.pt")
         if step % 20 == 0 or "holdout" in rec:

@@ -85,3 +85,22 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     evals = [r["step"] for r in log if "holdout" in r]
     assert evals == [2, 4, 6]
     assert 0 <= log[-1]["holdout"]["iou"] <= 1
+
+
+def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys):
+    from edgecut.cli import main
+    from edgecut.runtime.manifest import Manifest
+    from edgecut.runtime.session import Session
+
+    run = tmp_path / "cli-run"
+    assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(run),
+                 "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--ckpt-every", "2",
+                 "--threads", "1"]) == 0
+    out = tmp_path / "models"
+    assert main(["export", str(run / "best.pt"), "--name", "m", "--out", str(out), "--int8",
+                 "--calib", str(train_dir), "--calib-n", "4"]) == 0
+    assert Manifest.load(out / "m-int8" / "manifest.json").precision == "int8"
+    alpha = Session(out / "m-int8").alpha(np.zeros((40, 50, 3), np.uint8))
+    assert alpha.shape == (40, 50) and alpha.dtype == np.uint8
+    assert main(["export", str(tmp_path / "missing.pt"), "--name", "x"]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""How good are the mattes: several models over several benchmark sets in one run.
+
+The prediction scored is exactly what a user gets, the runtime's full-resolution alpha
+(`Session.alpha(rgb)`, edge-aware upsampling included), so a change to the runtime shows up
+here too. Each set is a folder `<set>/{images,masks}` matched by file stem; the mean row weighs
+every set equally, so a 30-image set counts as much as a 300-image one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..runtime.errors import EdgecutError
+from .cache import PredictionCache
+from .metrics import METRICS, SetMetrics
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+COLUMNS = (("iou", "IoU"), ("mae", "MAE"), ("max_f", "maxF"), ("s_measure", "S"), ("boundary_f", "BF@3"))
+
+
+def default_data_dir() -> Path:
+    """$EDGECUT_DATA/bench, else the shared data folder beside the repository."""
+    from ..compress.label import data_root
+
+    return data_root() / "bench"
+
+
+@dataclass
+class BenchSet:
+    name: str
+    pairs: List[Tuple[Path, Path]]          # (image, mask)
+    unmatched: int = 0                      # images without a mask
+
+
+def load_set(root: Path, name: str) -> BenchSet:
+    d = Path(root) / name
+    if not (d / "images").is_dir() or not (d / "masks").is_dir():
+        raise EdgecutError(f"{d}: a bench set needs images/ and masks/ folders")
+    masks = {p.stem: p for p in (d / "masks").iterdir() if p.suffix.lower() == ".png"}
+    images = sorted(p for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+    return BenchSet(name, pairs, unmatched=len(images) - len(pairs))
+
+
+def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSet]:
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgecutError(f"{root}: no such bench folder (set --data or EDGECUT_DATA)")
+    if not names:
+        names = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+        if not names:
+            raise EdgecutError(f"{root}: no <set>/images folders")
+    return [load_set(root, n) for n in names]
+
+
+def load_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.ndarray:
+    """The runtime's full-res alpha, resized to the mask if the two disagree."""
+    a = np.asarray(session.alpha(rgb, refine=refine), dtype=np.uint8)
+    if a.shape != tuple(size_hw):
+        a = np.asarray(Image.fromarray(a).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
+    return a
+
+
+def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: bool = True,
+                 tick=lambda: None, log=print, cache=None) -> dict:
+    """`cache`: a PredictionCache; cached alphas of this exact model file are scored, not recomputed."""
+    from ..runtime.imageio import load_image
+
+    acc = SetMetrics()
+    failed = []
+    for image, mask in bench.pairs[:limit]:
+        try:
+            gt = load_mask(mask)
+            pred = cache.get(bench.name, image) if cache is not None else None
+            if pred is None or pred.shape != gt.shape:
+                pred = predict(session, load_image(image), gt.shape, refine)
+                if cache is not None:
+                    cache.put(bench.name, image, pred)
+        except (EdgecutError, OSError, ValueError, SyntaxError) as e:
+            failed.append(str(image))
+            log(f"skip {image}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            tick()
+            continue
+        acc.add(pred, gt)
+        tick()
+    out = acc.summary()
+    out["failed"] = failed
+    return out
+
+
+def mean_over_sets(per_set: Dict[str, dict]) -> dict:
+    out = {}
+    for k in METRICS:
+        vals = [s[k] for s in per_set.values() if s.get(k) is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+    out["images"] = sum(s.get("images", 0) for s in per_set.values())
+    return out
+
+
+def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[int] = None,
+                 threads: Optional[int] = None, teacher_path: Optional[str] = None,
+                 refine: bool = True, progress: bool = True, cache_dir=None) -> List[dict]:
+    from ..compress.teachers import open_model
+    from .report import model_info
+
+    total = len(models) * sum(len(s.pairs[:limit]) for s in sets)
+    bar, log = _bar(total, progress)
+    results = []
+    try:
+        for spec in models:
+            session = open_model(spec, teacher_path, threads)
+            info = model_info(spec, session)
+            cache = PredictionCache(cache_dir, session.model_path, refine) if cache_dir else None
+            per_set = {}
+            for bench in sets:
+                if bar is not None:
+                    bar.set_description(f"{info['name']}/{bench.name}")
+                per_set[bench.name] = evaluate_set(session, bench, limit, refine,
+                                                   tick=(bar.update if bar is not None else lambda: None), log=log,
+                                                   cache=cache)
+            results.append({**info, "sets": per_set, "mean": mean_over_sets(per_set)})
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None, print
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", dynamic_ncols=True, leave=False), tqdm.write
+
+
+def results_table(results: List[dict]) -> str:
+    from .report import table
+
+    rows = []
+    for r in results:
+        for name, s in list(r["sets"].items()) + [("mean", r["mean"])]:
+            rows.append([r["name"], name, s.get("images", 0)] + [s.get(k) for k, _ in COLUMNS])
+    return table(["Model", "Set", "Images"] + [h for _, h in COLUMNS], rows, text_cols=2)

@@ -1,0 +1,110 @@
+"""What every benchmark run records besides its numbers: when, how it was called, on what machine,
+with which exact model files, so a JSON result can be compared with another months later."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..runtime.manifest import sha256_of
+
+
+def now_stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def default_json_path(kind: str) -> Path:
+    """runs/ is git-ignored: results stay local unless someone chooses to publish them."""
+    return Path("runs") / "bench" / f"{kind}-{now_stamp()}.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import numpy
+    import onnxruntime
+    import PIL
+
+    from .. import __version__
+
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "pillow": PIL.__version__,
+        "edgecut": __version__,
+    }
+
+
+def header(kind: str, args=None) -> dict:
+    """`command` is the process's own command line; `options` the parsed options (the same when
+    run from a shell, and still right when called as `cli.main([...])`)."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in (vars(args) if args is not None else {}).items()
+               if not callable(v)}
+    return {
+        "kind": kind,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:]),
+        "options": options,
+        "machine": machine_info(),
+    }
+
+
+def model_info(spec: str, session) -> dict:
+    m, path = session.manifest, Path(session.model_path)
+    return {
+        "spec": spec,
+        "name": m.name,
+        "path": str(path),
+        "sha256": m.sha256 or sha256_of(path),
+        "precision": m.precision,
+        "format": m.format,
+        "input_size": list(m.input_size),
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def table(headers: Sequence[str], rows: List[Sequence], text_cols: int = 1, title: Optional[str] = None) -> str:
+    """Plain aligned columns: the first `text_cols` left, numbers right (as Ultralytics prints)."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(vals):
+        return "  ".join(v.ljust(w) if i < text_cols else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+
+    out = [title] if title else []
+    out += [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)

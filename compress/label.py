@@ -1,0 +1,157 @@
+"""Label a folder of photos with a teacher's soft alpha: the targets the student is distilled on.
+
+Labels are the teacher's raw output bilinearly resized to the photo's own size (no edge
+refinement: the student must learn the teacher, not our post-processing), stored as 8-bit PNG.
+Labelling thousands of photos takes hours, so the run is resumable: a label that exists and
+decodes is never recomputed, and each one is written atomically so an interrupted run leaves no
+half-written file behind.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..runtime.errors import EdgecutError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class LabelSummary:
+    written: int = 0
+    skipped: int = 0                                   # already labelled
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"{self.written} written, {self.skipped} already done, {len(self.failed)} failed"
+
+
+def find_images(root: Path) -> List[Path]:
+    """Recursive and sorted, so --limit and resumed runs see the same photos in the same order."""
+    return sorted(p for p in Path(root).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith("."))
+
+
+def label_path(image: Path, images_dir: Path, out_dir: Path) -> Path:
+    """Mirror sub-folders so photos with the same stem in different folders never collide."""
+    rel = image.relative_to(images_dir)
+    return out_dir / rel.parent / f"{rel.stem}.png"
+
+
+def data_root() -> Path:
+    """$EDGECUT_DATA, else the shared data folder beside the repository (read-only by contract)."""
+    env = os.environ.get("EDGECUT_DATA")
+    return (Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
+
+
+def _writable(folder: Path) -> bool:
+    """Permission bits as well as access(): root passes access() on a read-only folder, and a
+    folder marked read-only is meant to stay untouched whoever runs us."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IWUSR) and os.access(folder, os.W_OK)
+
+
+def default_out_dir(images_dir: Path) -> Path:
+    """`teacher/` beside `images/`, the layout of the training sets, unless that is the shared
+    data (read-only by contract) or not writable: then the user must choose --out."""
+    images_dir = Path(images_dir).resolve()
+    out = images_dir.parent / "teacher"
+    probe = out if out.exists() else out.parent
+    if images_dir.is_relative_to(data_root()) or not _writable(probe):
+        raise EdgecutError(f"{out}: beside read-only data; pass --out DIR "
+                           "(e.g. .cache/labels/<set>/teacher)")
+    return out
+
+
+def is_valid_png(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return False
+            im.load()          # verify() misses truncated pixel data; a full decode does not
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def teacher_alpha(session, rgb: np.ndarray) -> np.ndarray:
+    """The teacher's alpha at model resolution, bilinearly resized to the photo: uint8 HxW."""
+    a = np.asarray(session.infer(rgb), dtype=np.float32)
+    a = np.squeeze(a)
+    h, w = rgb.shape[:2]
+    if a.shape != (h, w):
+        a = np.asarray(Image.fromarray(a, mode="F").resize((w, h), Image.BILINEAR))
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_png_atomic(alpha: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        Image.fromarray(alpha, mode="L").save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] = None,
+                 progress: bool = True, log=None) -> LabelSummary:
+    from ..runtime.imageio import load_image
+
+    log = log or _log_fn(progress)
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise EdgecutError(f"{images_dir}: not a folder")
+    if out_dir.resolve() == images_dir.resolve():
+        raise EdgecutError(f"{out_dir}: output folder is the input folder; pass another --out")
+    images = find_images(images_dir)
+    if limit is not None:
+        images = images[:limit]
+    summary = LabelSummary()
+    seen = set()
+    for image in _progress(images, progress):
+        dest = label_path(image, images_dir, out_dir)
+        if dest in seen:
+            summary.failed.append((image, f"another photo already maps to {dest.name}"))
+            log(f"skip {image}: another photo already maps to {dest.name}")
+            continue
+        seen.add(dest)
+        if dest.exists() and is_valid_png(dest):
+            summary.skipped += 1
+            continue
+        try:
+            rgb = load_image(image)
+        except (EdgecutError, OSError, ValueError, SyntaxError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            summary.failed.append((image, reason))
+            log(f"skip {image}: {reason}")
+            continue
+        write_png_atomic(teacher_alpha(session, np.asarray(rgb)), dest)
+        summary.written += 1
+    return summary
+
+
+def _log_fn(progress: bool):
+    """Messages go through tqdm.write while a bar is drawn, so they don't break the bar."""
+    if not progress:
+        return print
+    from tqdm import tqdm
+
+    return tqdm.write
+
+
+def _progress(items: list, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, unit="img", dynamic_ncols=True)

@@ -1,0 +1,114 @@
+"""`edgecut bench accuracy|latency` end to end on a tiny fake bench folder and a tiny model."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecut.bench import accuracy
+from edgecut.cli import main
+from edgecut.runtime.errors import EdgecutError
+
+
+def _photo_and_mask(h, w, box):
+    """A red box on green (conftest's tiny model: red = subject) and its true mask."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (30, 150, 100)
+    mask = np.zeros((h, w), np.uint8)
+    y0, y1, x0, x1 = box
+    img[y0:y1, x0:x1] = (210, 40, 50)
+    mask[y0:y1, x0:x1] = 255
+    return img, mask
+
+
+@pytest.fixture
+def fake_bench(tmp_path):
+    """bench/grabcut with two photos (one name with spaces), a 128 band, and a mask-less photo."""
+    root = tmp_path / "bench"
+    (root / "grabcut" / "images").mkdir(parents=True)
+    (root / "grabcut" / "masks").mkdir()
+    for name, (h, w, box) in {"red fox 01": (64, 96, (16, 48, 24, 72)),
+                              "cup": (80, 60, (20, 70, 10, 50))}.items():
+        img, mask = _photo_and_mask(h, w, box)
+        y0, y1, x0, x1 = box
+        mask[y0 - 2:y0 + 2, x0:x1] = 128                   # unknown band along the top edge
+        Image.fromarray(img).save(root / "grabcut" / "images" / f"{name}.jpg", quality=95)
+        Image.fromarray(mask).save(root / "grabcut" / "masks" / f"{name}.png")
+    Image.fromarray(img).save(root / "grabcut" / "images" / "no mask.jpg")
+    return root
+
+
+def test_sets_are_matched_by_stem(fake_bench):
+    [s] = accuracy.find_sets(fake_bench)
+    assert s.name == "grabcut" and s.unmatched == 1
+    assert sorted(i.name for i, _ in s.pairs) == ["cup.jpg", "red fox 01.jpg"]
+    with pytest.raises(EdgecutError, match="images/ and masks/"):
+        accuracy.find_sets(fake_bench, ["nope"])
+
+
+def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys):
+    out = tmp_path / "acc.json"
+    rc = main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+               "--model", f"teacher:{tiny_model_dir}", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "grabcut" in table and "mean" in table and "IoU" in table
+    res = json.loads(out.read_text())
+    assert res["kind"] == "accuracy" and res["machine"]["cores"] >= 1 and res["options"]["limit"] is None
+    assert len(res["models"]) == 2
+    for m in res["models"]:
+        g = m["sets"]["grabcut"]
+        assert m["name"] == "tiny" and len(m["sha256"]) == 64
+        assert g["images"] == 2 and g["failed"] == []
+        assert g["iou"] > 0.8 and g["mae"] < 0.15 and g["max_f"] > 0.9
+        assert 0.8 < g["s_measure"] <= 1.0 and 0.5 < g["boundary_f"] <= 1.0
+        assert m["mean"]["iou"] == pytest.approx(g["iou"])
+
+
+def test_bench_accuracy_limit(tiny_model_dir, fake_bench, tmp_path):
+    out = tmp_path / "acc.json"
+    assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+                 "--sets", "grabcut", "--limit", "1", "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["models"][0]["sets"]["grabcut"]["images"] == 1
+
+
+def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    rc = main(["bench", "latency", "--model", str(tiny_model_dir), "--threads", "1,2", "--runs", "3",
+               "--photo-size", "320x240", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "p50(ms)" in text and "Decode(ms)" in text
+    [m] = json.loads(out.read_text())["models"]
+    assert m["params"] == 21 and m["macs"] is None and m["file_bytes"] > 0 and m["load_ms"] > 0
+    assert set(m["latency"]) == {"1", "2"}
+    assert all(v["runs"] == 3 and 0 < v["p50_ms"] <= v["p90_ms"] for v in m["latency"].values())
+    e = m["end_to_end"]
+    assert e["megapixels"] == pytest.approx(0.08, abs=0.01)
+    assert all(e[k] > 0 for k in ("decode_ms", "rgba_ms", "encode_ms"))
+    assert m["peak_rss_mb"] > 10                          # a real process: python + onnxruntime
+
+
+def test_bench_latency_counts_params_from_onnx(tiny_model_dir):
+    from edgecut.bench.latency import count_params
+
+    # conv 3->4 3x3 (108 + 4 bias) and conv 4->1 1x1 (4 + 1 bias)
+    assert count_params(tiny_model_dir / "model.onnx") == 117
+
+
+def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir):
+    import numpy as np
+
+    from edgecut.bench.cache import PredictionCache
+
+    model_file = tiny_model_dir / "model.onnx"
+    cache = PredictionCache(tmp_path, model_file)
+    assert cache.get("s", Path("a b.jpg")) is None
+    alpha = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    cache.put("s", Path("a b.jpg"), alpha)
+    np.testing.assert_array_equal(cache.get("s", Path("a b.jpg")), alpha)
+    assert PredictionCache(tmp_path, model_file, refine=False).get("s", Path("a b.jpg")) is None
+    other = tmp_path / "other.onnx"
+    other.write_bytes(model_file.read_bytes() + b"x")
+    assert PredictionCache(tmp_path, other).get("s", Path("a b.jpg")) is None
