@@ -1,0 +1,366 @@
+"""`edgecut remove` and `edgecut models`: the runtime's verbs.
+
+Kept import-light (argparse only at module level) so `edgecut --help` stays instant; numpy,
+Pillow and onnxruntime load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import EdgecutError
+
+PNG_LEVEL = 1       # zlib level: 12 MP RGBA at 1 is ~2x faster to write than 6, ~15% larger
+JPEG_QUALITY = 95
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")   # what folder scans pick up
+
+REMOVE_EPILOG = """\
+outputs:
+  one file, no -o      PHOTO_cutout.png beside it (PHOTO_mask.png with --mask,
+                       PHOTO_cutout.jpg with --bg); same for several files
+  one file, -o FILE    FILE (.png or .webp keep transparency; .jpg needs --bg or --mask)
+  -o DIR               DIR/NAME.png for files; a folder's images keep their relative
+                       paths under DIR (folders need -o DIR)
+  -                    read the photo from stdin, write PNG to stdout (or to -o FILE)
+  Existing outputs are skipped (so an interrupted batch resumes) unless --overwrite;
+  an input is never overwritten. Files are written atomically (temp file + rename).
+
+exit status: 0 all done, 1 some inputs failed (one line each on stderr), 2 usage error
+"""
+
+
+class UsageError(EdgecutError):
+    pass
+
+
+@dataclass
+class Job:
+    src: Optional[Path]          # None: stdin
+    dst: Optional[Path]          # None: stdout
+    label: str                   # how errors name the input
+
+
+# ---------------------------------------------------------------- planning: inputs -> jobs
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _scan(folder: Path, exclude: Optional[Path]) -> List[Path]:
+    """Images under a folder, sorted, skipping hidden entries and the output folder itself."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_p = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (exclude and _same(root_p / d, exclude)))
+        found.extend(root_p / f for f in sorted(files) if _is_image(f))
+    return found
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _kind(args) -> tuple:
+    """(suffix for files written beside their input, output extension)."""
+    if args.mask:
+        return "_mask", ".png"
+    if args.bg is not None:
+        return "_cutout", ".jpg"
+    return "_cutout", ".png"
+
+
+def _output_is_file(args, inputs: List[str]) -> bool:
+    out = args.output
+    if out is None or Path(out).is_dir():
+        return False
+    looks_like_file = Path(out).suffix.lower() in IMAGE_EXTENSIONS
+    single = len(inputs) == 1 and (inputs[0] == "-" or not Path(inputs[0]).is_dir())
+    if looks_like_file and not single:
+        raise UsageError(f"-o {out} looks like a file, but the inputs are several files or a folder; "
+                         "give a folder")
+    return single and looks_like_file
+
+
+def plan(args) -> tuple:
+    """Inputs -> (jobs, problems): problems are per-input errors reported like failed files."""
+    inputs = list(args.inputs)
+    suffix, ext = _kind(args)
+    if "-" in inputs and len(inputs) > 1:
+        raise UsageError("'-' (stdin) must be the only input")
+    if args.output == "-" and (len(inputs) > 1 or Path(inputs[0]).is_dir()):
+        raise UsageError("-o - (stdout) takes a single input")
+    to_file = _output_is_file(args, inputs)
+    out_dir = None if (args.output in (None, "-") or to_file) else Path(args.output)
+    if to_file and not args.mask and args.bg is None and Path(args.output).suffix.lower() in (".jpg", ".jpeg", ".bmp"):
+        raise UsageError(f"-o {args.output}: that format cannot hold transparency; "
+                         "write .png or .webp, or add --bg/--mask")
+
+    if inputs == ["-"]:
+        dst = Path(args.output) if to_file else None
+        if dst is None and out_dir is not None:
+            dst = out_dir / f"stdin{ext}"
+        return [Job(None, dst, "<stdin>")], []
+
+    jobs, problems = [], []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            if out_dir is None:
+                raise UsageError(f"{raw} is a folder: give -o DIR for the results")
+            files = _scan(p, out_dir)
+            if not files:
+                problems.append(f"{raw}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+            jobs += [Job(f, out_dir / f.relative_to(p).with_suffix(ext), str(f)) for f in files]
+        elif args.output == "-":
+            jobs.append(Job(p, None, raw))
+        elif to_file:
+            jobs.append(Job(p, Path(args.output), raw))
+        elif out_dir is not None:
+            jobs.append(Job(p, out_dir / (p.stem + ext), raw))
+        else:
+            jobs.append(Job(p, p.with_name(p.stem + suffix + ext), raw))
+    _dedupe(jobs)
+    return jobs, problems
+
+
+def _dedupe(jobs: List[Job]) -> None:
+    """Two inputs with one output name (a.jpg, a.png): the later one keeps its extension too."""
+    taken = set()
+    for job in jobs:
+        if job.dst is None:
+            continue
+        dst, n = job.dst, 1
+        while str(dst) in taken:
+            stem = job.dst.stem + (job.src.suffix.replace(".", "_") if job.src else "")
+            dst = job.dst.with_name(stem + (f"-{n}" if n > 1 else "") + job.dst.suffix)
+            n += 1
+        job.dst = dst
+        taken.add(str(dst))
+
+
+# ---------------------------------------------------------------- running
+
+class _Progress:
+    """tqdm when installed (the bench/compress extras), plain lines otherwise; off for pipes."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar, self.enabled, self.total, self.done = None, enabled, total, 0
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
+
+    def message(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _save_params(fmt: str) -> dict:
+    return {"PNG": {"compress_level": PNG_LEVEL}, "JPEG": {"quality": JPEG_QUALITY},
+            "WEBP": {"quality": 90}}.get(fmt, {})
+
+
+def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
+    import io
+
+    from .imageio import format_for, load_image, save_image_atomic
+
+    if job.dst is not None and os.path.realpath(job.dst) in input_paths:
+        raise EdgecutError(f"{job.dst}: refusing to overwrite an input")
+    src = sys.stdin.buffer if job.src is None else job.src
+    photo = load_image(src)
+    result = render(photo, session.alpha(photo, refine=refine))
+    icc = photo.info.get("icc_profile")   # keep wide-gamut (e.g. Display P3) colours right
+    del photo
+    if job.dst is None:
+        buf = io.BytesIO()
+        extra = {"icc_profile": icc} if icc and result.mode != "L" else {}
+        result.save(buf, "PNG", compress_level=PNG_LEVEL, **extra)
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    fmt = format_for(job.dst)
+    if fmt == "JPEG" and result.mode == "RGBA":
+        raise EdgecutError(f"{job.dst}: JPEG cannot hold transparency (write .png/.webp, or use --bg)")
+    try:
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgecutError(f"{job.dst}: cannot create its folder ({e.strerror or e})") from None
+    params = _save_params(fmt)
+    if icc and fmt in ("PNG", "JPEG", "WEBP", "TIFF") and result.mode != "L":
+        params["icc_profile"] = icc
+    save_image_atomic(result, job.dst, fmt, inputs=[job.src] if job.src else [], **params)
+
+
+def _error_line(job: Job, err: Exception) -> str:
+    msg = str(err)
+    if not (msg.startswith(job.label) or (job.dst is not None and msg.startswith(str(job.dst)))):
+        msg = f"{job.label}: {msg}"
+    return f"edgecut remove: error: {msg}"
+
+
+def run_remove(args) -> int:
+    try:
+        jobs, problems = plan(args)
+    except UsageError as e:
+        print(f"edgecut remove: error: {e}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1 or args.jobs is not None and args.jobs < 1:
+        print("edgecut remove: error: --threads and --jobs must be at least 1", file=sys.stderr)
+        return 2
+    if any(j.dst is None for j in jobs) and sys.stdout.isatty():
+        print("edgecut remove: error: refusing to write PNG bytes to a terminal; use -o FILE",
+              file=sys.stderr)
+        return 2
+
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from PIL import Image
+
+    from .api import compositor
+    from .session import Session
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit reports these
+    done_before = [not args.overwrite and j.dst is not None and j.dst.exists() for j in jobs]
+    skipped = sum(done_before)
+    todo = [j for j, skip in zip(jobs, done_before) if not skip]
+    cpus = os.cpu_count() or 1
+    n_jobs = max(1, min(args.jobs or min(4, cpus), len(todo) or 1))
+    threads = args.threads or max(1, cpus // n_jobs)
+    try:
+        render = compositor(args.mask, args.bg)  # a bad --bg fails here, before any work
+    except EdgecutError as e:
+        print(f"edgecut remove: error: --bg: {e}", file=sys.stderr)
+        return 2
+    session = Session(args.model, threads=threads) if todo else None
+    input_paths = {os.path.realpath(j.src) for j in jobs if j.src is not None}
+
+    progress = _Progress(len(todo), enabled=not args.quiet and len(todo) > 1 and sys.stderr.isatty())
+    for line in problems:
+        progress.message(f"edgecut remove: error: {line}")
+    failed, done = len(problems), 0
+    pool = ThreadPoolExecutor(n_jobs)   # decode, inference, filter and encode all release the GIL
+    try:
+        futures = {pool.submit(_process, j, session, render, args.refine, input_paths): j for j in todo}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                fut.result()
+                done += 1
+            except EdgecutError as e:
+                failed += 1
+                progress.message(_error_line(job, e))
+            except MemoryError:
+                failed += 1
+                progress.message(_error_line(job, EdgecutError("out of memory")))
+            except OSError as e:   # the environment (disk, permissions), not a bug: report, go on
+                failed += 1
+                progress.message(_error_line(job, EdgecutError(f"{e.strerror or e}")))
+            progress.step(job.label)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+        raise
+    pool.shutdown()
+    progress.close()
+    if not args.quiet:
+        summary = f"processed {done}, failed {failed}"
+        if skipped:
+            summary += f", skipped {skipped} (output exists; --overwrite replaces)"
+        print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- models
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+
+
+def _human_count(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+def run_models(args) -> int:
+    from ..models import default_model, embedded_dir, list_models, resolve
+
+    models = list_models()
+    if not models:
+        print(f"no embedded models in {embedded_dir()}", file=sys.stderr)
+        return 0
+    default = default_model()
+    rows = [("", "name", "format", "precision", "input", "size", "params")]
+    for m in models:
+        path, _ = resolve(m.name)
+        size = _human_size(path.stat().st_size) if path.is_file() else "missing"
+        h, w = m.input_size
+        rows.append(("*" if m.name == default else "", m.name, m.format, m.precision,
+                     f"{h}x{w}", size, _human_count(m.params)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("\n* default (used when --model is not given)")
+    return 0
+
+
+# ---------------------------------------------------------------- registration
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "remove", help="cut the subject out of photos (files, folders or stdin)",
+        description="Cut the subject out of photos: RGBA cutouts with soft edges, masks, or "
+                    "composites on a colour, an image or a blurred copy of the photo.",
+        epilog=REMOVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively), or - for stdin")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input) or folder")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--mask", action="store_true", help="write the alpha mask (grayscale PNG)")
+    what.add_argument("--bg", metavar="COLOR|IMAGE|blur",
+                      help="composite onto a colour (white, '#00ff00'), an image file "
+                           "(scaled to cover), or blur / blur:RADIUS (the photo itself, blurred)")
+    p.add_argument("--model", default="default",
+                   help="embedded model name (see `edgecut models`), a model folder, a manifest "
+                        ".json, or an .onnx/.tflite with its manifest beside it (default: %(default)s)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="inference threads per photo (default: CPU cores / jobs)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="photos processed in parallel (default: min(4, CPU cores))")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="plain bilinear upscaling of the matte (no edge-snapping guided filter)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary line")
+    p.set_defaults(func=run_remove)
+
+    m = sub.add_parser("models", help="list the embedded models",
+                       description="List the models shipped inside edgecut.")
+    m.set_defaults(func=run_models)

@@ -1,0 +1,212 @@
+"""Getting photos in and results out, safely, whatever users throw at it.
+
+Input: anything Pillow decodes (paths, bytes, streams, PIL images) or a numpy array, turned
+upright (EXIF orientation) and into 8-bit RGB, the one thing a model eats. Every failure a user
+can cause (missing file, empty, truncated, not an image, decompression bomb) becomes one
+EdgecutError naming the file. Output: written to a temp file beside the target and renamed,
+so a crash never leaves a half-written image, and never over an input.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import EdgecutError
+
+__all__ = ["MAX_PIXELS", "load_image", "load_rgb", "save_image_atomic",
+           "format_for", "to_rgb"]
+
+MAX_PIXELS = 100_000_000   # ~100 MP: larger files are refused before decoding (Pillow's own bomb check is ~179 MP)
+_ORIENTATION = 0x0112
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, Image.Image, np.ndarray]
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Integers above 255 are taken as 16-bit, floats up to 1.0 as [0, 1]; everything else is clipped."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and arr.max() > 255:
+            return ((np.clip(arr, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0, posinf=255.0, neginf=0.0)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    raise EdgecutError(f"unsupported array dtype {arr.dtype}")
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]   # alpha is not model input
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)) or arr.size == 0:
+        raise EdgecutError(f"{name}: expected an HxW, HxWx3 or HxWx4 array, got shape {arr.shape}")
+    arr = np.ascontiguousarray(_scale_to_uint8(arr))
+    im = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode Pillow opens; transparency is dropped (the model sees colour only)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":   # I, I;16, I;16B, ..., F: scale, don't truncate
+        return _from_array(np.asarray(im), "image")
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")   # palette transparency must go through RGBA to be read right
+    try:
+        return im.convert("RGB")
+    except ValueError:
+        return im.convert("RGBA").convert("RGB")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # broken EXIF should not cost the photo
+        return im
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
+
+
+def _name_of(src) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(getattr(src, "name", "<stream>"))
+
+
+def _open_source(src, name: str):
+    """A binary stream Pillow can seek in, checking the failures a path can have first."""
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.exists():
+            raise EdgecutError(f"{name}: no such file")
+        if path.is_dir():
+            raise EdgecutError(f"{name}: is a directory")
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise EdgecutError(f"{name}: cannot read ({e.strerror or e})") from None
+        if os.fstat(f.fileno()).st_size == 0:
+            f.close()
+            raise EdgecutError(f"{name}: empty file")
+        return f
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise EdgecutError(f"{name}: empty input")
+        return io.BytesIO(src)
+    if hasattr(src, "read"):
+        if not (getattr(src, "seekable", lambda: False)()):
+            data = src.read()   # pipes (stdin): Pillow needs to seek
+            if not data:
+                raise EdgecutError(f"{name}: empty input")
+            return io.BytesIO(data)
+        return src
+    raise EdgecutError(f"cannot read an image from {type(src).__name__}")
+
+
+def load_image(src: ImageSource, *, max_pixels: Optional[int] = MAX_PIXELS) -> Image.Image:
+    """Any image source -> upright 8-bit RGB PIL image (see module doc for what is accepted)."""
+    if isinstance(src, np.ndarray):
+        return _from_array(src, "<array>")
+    if isinstance(src, Image.Image):
+        return to_rgb(_upright(src))
+    name = _name_of(src)
+    f = _open_source(src, name)
+    owned = f is not src
+    try:
+        try:
+            im = Image.open(f)
+        except UnidentifiedImageError:
+            raise EdgecutError(f"{name}: not an image (or a format Pillow cannot read)") from None
+        except Image.DecompressionBombError as e:
+            m = _BOMB_PIXELS.search(str(e))
+            n = m.group(1) if m else "too many"
+            limit = max_pixels or 2 * Image.MAX_IMAGE_PIXELS
+            raise EdgecutError(f"{name}: image too large: {n} pixels (limit {limit})") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise EdgecutError(f"{name}: corrupt image header ({e})") from None
+        # No `with im`: closing an image discards its pixels; the stream is closed below instead.
+        w, h = im.size
+        if max_pixels and w * h > max_pixels:
+            raise EdgecutError(f"{name}: image too large: {w * h} pixels (limit {max_pixels})")
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+            raise EdgecutError(f"{name}: truncated or corrupt image ({e})") from None
+        return to_rgb(_upright(im))
+    finally:
+        if owned:
+            f.close()
+
+
+def load_rgb(src: ImageSource, **kw) -> np.ndarray:
+    """load_image as a writable HxWx3 uint8 array."""
+    return np.array(load_image(src, **kw))
+
+
+def format_for(path: Union[str, os.PathLike], default: str = "PNG") -> str:
+    """Pillow format name from a file extension (`.jpg` -> JPEG); unknown ones are an error."""
+    ext = Path(path).suffix.lower()
+    if not ext:
+        return default
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise EdgecutError(f"{path}: cannot write {ext} files (use .png, .webp or .jpg)")
+    return fmt
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: Optional[str] = None,
+                      *, inputs: Iterable = (), **params) -> Path:
+    """Write via a temp file in the same folder + os.replace; refuse to replace any of `inputs`."""
+    path = Path(path)
+    fmt = (format or format_for(path)).upper()
+    if path.exists():
+        if path.is_dir():
+            raise EdgecutError(f"{path}: is a directory")
+        for src in inputs:
+            if _same_file(path, src):
+                raise EdgecutError(f"{path}: refusing to overwrite an input")
+    if fmt == "JPEG" and img.mode in ("RGBA", "LA", "PA"):
+        raise EdgecutError(f"{path}: JPEG cannot hold transparency (write .png/.webp, or use --bg)")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:   # "x": never clobber; the umask sets the final permissions
+            img.save(f, format=fmt, **params)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise EdgecutError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return path

@@ -1,0 +1,121 @@
+"""A loaded model, ready to turn photos into alpha mattes: create once, call many times.
+
+Everything model-specific (input size, normalisation, layout, output activation) comes from the
+manifest, so one code path serves the shipped student, a user's own export, or the teacher.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from .backends import open_backend
+from .errors import EdgecutError
+from .manifest import Manifest
+from .upsample import GuidedUpsample, upsample_alpha
+
+__all__ = ["Session", "new_session"]
+
+PhotoLike = Union[np.ndarray, Image.Image]
+_ACTIVATIONS = ("none", "sigmoid")
+_NORMS = ("none", "minmax")
+
+
+def _locate(model, manifest: Optional[Manifest]):
+    from ..models import MODEL_SUFFIXES, resolve
+
+    p = Path(str(model)).expanduser()
+    if manifest is not None and p.is_file() and p.suffix.lower() in MODEL_SUFFIXES:
+        return p, manifest   # a bare model (e.g. the teacher) described by the caller
+    path, found = resolve(model)
+    return path, (manifest or found)
+
+
+def _check(m: Manifest, where) -> None:
+    problems = []
+    if len(m.input_size) != 2 or min(int(v) for v in m.input_size) < 1:
+        problems.append(f"input_size {m.input_size!r} is not [height, width]")
+    if len(m.mean) != 3 or len(m.std) != 3 or min(m.std) <= 0:
+        problems.append("mean/std need 3 values (std > 0)")
+    if m.layout not in ("NCHW", "NHWC"):
+        problems.append(f"layout {m.layout!r} is not NCHW or NHWC")
+    if m.output_activation not in _ACTIVATIONS:
+        problems.append(f"output_activation {m.output_activation!r} is not one of {_ACTIVATIONS}")
+    if m.output_norm not in _NORMS:
+        problems.append(f"output_norm {m.output_norm!r} is not one of {_NORMS}")
+    if problems:
+        raise EdgecutError(f"{where}: bad manifest: " + "; ".join(problems))
+
+
+def _as_pil(photo: PhotoLike) -> Image.Image:
+    if isinstance(photo, Image.Image):
+        return photo if photo.mode == "RGB" else photo.convert("RGB")
+    arr = np.asarray(photo)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise EdgecutError(f"expected an HxWx3 uint8 array, got {arr.dtype} {arr.shape} "
+                           "(edgecut.runtime.load_image converts other images)")
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+class Session:
+    """One model, loaded once. Thread-safe for `infer`/`alpha` (onnxruntime runs concurrently)."""
+
+    def __init__(self, model: Union[str, os.PathLike] = "default", threads: Optional[int] = None,
+                 manifest: Optional[Manifest] = None, upsample: GuidedUpsample = GuidedUpsample()):
+        self.model_path, self.manifest = _locate(model, manifest)
+        _check(self.manifest, self.model_path)
+        self.threads = threads
+        self.upsample = upsample
+        fmt = "tflite" if self.model_path.suffix.lower() == ".tflite" else self.manifest.format
+        self._backend = open_backend(self.model_path, fmt, threads,
+                                     input_name=self.manifest.input_name,
+                                     output_name=self.manifest.output_name)
+        h, w = (int(v) for v in self.manifest.input_size)
+        self.input_hw = (h, w)
+        shape = self._backend.input_shape
+        spatial = tuple(shape[1:3] if self.manifest.layout == "NHWC" else shape[2:4]) if len(shape) == 4 else ()
+        if spatial and all(isinstance(v, int) for v in spatial) and spatial != (h, w):
+            raise EdgecutError(f"{self.model_path}: model input is {spatial[0]}x{spatial[1]} but the "
+                               f"manifest says input_size {h}x{w} ({self.manifest.layout})")
+        self._mean = np.asarray(self.manifest.mean, dtype=np.float32) * 255.0
+        self._scale = 1.0 / (np.asarray(self.manifest.std, dtype=np.float32) * 255.0)
+
+    def __repr__(self) -> str:
+        return f"Session({self.manifest.name or self.model_path.name!r}, input={self.input_hw})"
+
+    def preprocess(self, photo: PhotoLike) -> np.ndarray:
+        """Stretch to the model's input size (no letterbox) and normalise, as the model was trained."""
+        h, w = self.input_hw
+        small = _as_pil(photo).resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+        x = (np.asarray(small, dtype=np.float32) - self._mean) * self._scale
+        x = x[None] if self.manifest.layout == "NHWC" else x.transpose(2, 0, 1)[None]
+        return np.ascontiguousarray(x)
+
+    def postprocess(self, y: np.ndarray) -> np.ndarray:
+        y = np.squeeze(np.asarray(y, dtype=np.float32))
+        if y.ndim != 2:
+            raise EdgecutError(f"{self.model_path}: output shape {y.shape} is not a single alpha map")
+        if self.manifest.output_activation == "sigmoid":
+            y = 0.5 * (1.0 + np.tanh(0.5 * y))   # sigmoid without exp overflow
+        if self.manifest.output_norm == "minmax":
+            lo, hi = float(y.min()), float(y.max())
+            y = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+        return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def infer(self, rgb: PhotoLike) -> np.ndarray:
+        """Alpha in [0, 1], float32, at the model's output resolution (normally its input size)."""
+        return self.postprocess(self._backend.run(self.preprocess(rgb)))
+
+    def alpha(self, rgb: PhotoLike, refine: bool = True) -> np.ndarray:
+        """uint8 alpha (H, W) at the photo's full resolution, edge-snapped unless refine=False."""
+        photo = _as_pil(rgb)
+        workers = self.threads or min(4, os.cpu_count() or 1)
+        return upsample_alpha(self.infer(photo), photo, refine, self.upsample, workers=workers)
+
+
+def new_session(model: Union[str, os.PathLike] = "default", **kw) -> Session:
+    """rembg-style constructor: `new_session("default", threads=2)`."""
+    return Session(model, **kw)

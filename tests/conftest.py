@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny real ONNX model with a known right answer, and photos to feed it.
+
+The tiny model is a real exported conv net whose weights are set by hand so that it means
+something: alpha = sigmoid(20 * relu(R - G) - 8) on [0, 1] inputs, i.e. "red things are the
+subject". Tests can then check not just shapes but that the cutout is where the red disk is,
+without waiting for the trained default model.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecut.runtime.manifest import Manifest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_INPUT = (64, 64)
+
+
+def _export_tiny(path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1), nn.Sigmoid()).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.zero_()
+        net[0].weight[0, 0, 1, 1] = 1.0    # channel 0 = R - G at the centre tap
+        net[0].weight[0, 1, 1, 1] = -1.0
+        net[2].weight.zero_()
+        net[2].weight[0, 0] = 20.0
+        net[2].bias.fill_(-8.0)
+    torch.onnx.export(net, torch.zeros(1, 3, *TINY_INPUT), str(path), opset_version=17,
+                      input_names=["input"], output_names=["alpha"], dynamo=False)
+
+
+def tiny_manifest(**kw) -> Manifest:
+    base = dict(name="tiny", input_size=TINY_INPUT, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                output_name="alpha", architecture="2-layer conv (test fixture)", params=21,
+                license="Apache-2.0")
+    base.update(kw)
+    return Manifest(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    import warnings
+
+    d = tmp_path_factory.mktemp("tiny_model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+        _export_tiny(d / "model.onnx")
+    tiny_manifest().save(d / "manifest.json")
+    (d / "MODEL_CARD.md").write_text("# tiny\nTest fixture, not a real model.\n")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_model_dir):
+    from edgecut.runtime import Session
+
+    return Session(tiny_model_dir, threads=1)
+
+
+@pytest.fixture
+def model_zoo(tiny_model_dir, tmp_path, monkeypatch) -> Path:
+    """An embedded-models folder holding the tiny model as the default (EDGECUT_MODELS_DIR)."""
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_model_dir, zoo / "tiny")
+    (zoo / "DEFAULT").write_text("tiny\n")
+    monkeypatch.setenv("EDGECUT_MODELS_DIR", str(zoo))
+    return zoo
+
+
+def synthetic_photo(size=(320, 240), seed=0) -> tuple:
+    """A red disk on a green-blue gradient with mild noise -> (RGB uint8 array, true mask bool)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy, r = w * 0.5, h * 0.5, min(w, h) * 0.3
+    disk = (xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((h, w, 3), np.float32)
+    rgb[..., 0] = 30
+    rgb[..., 1] = 120 + 100 * xx / w
+    rgb[..., 2] = 60 + 120 * yy / h
+    rgb[disk] = (210, 40, 50)
+    rgb += rng.normal(0, 4, rgb.shape)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), disk
+
+
+@pytest.fixture
+def photo_array():
+    return synthetic_photo()
+
+
+@pytest.fixture
+def photo_path(tmp_path) -> Path:
+    rgb, _ = synthetic_photo()
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(p, quality=95)
+    return p
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list:
+    """Real CC0 photos in samples/ at the repo root (skipped where absent)."""
+    d = REPO / "samples"
+    photos = sorted(p for p in d.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")) if d.is_dir() else []
+    if not photos:
+        pytest.skip("no sample photos in samples/")
+    return photos
+
+
+def jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", **kw)
+    return buf.getvalue()
