@@ -26,9 +26,9 @@ install-dev: $(VENV)/.dev
 
 demo: $(VENV)/.base
 	$(BIN)/edgecut models
-	$(BIN)/edgecut remove samples -o demo-out/cutout
-	$(BIN)/edgecut remove samples -o demo-out/mask --mask
-	$(BIN)/edgecut remove samples -o demo-out/on-white --bg white
+	$(BIN)/edgecut remove samples -o demo-out/cutout --overwrite
+	$(BIN)/edgecut remove samples -o demo-out/mask --mask --overwrite
+	$(BIN)/edgecut remove samples -o demo-out/on-white --bg white --overwrite
 	@echo "demo: RGBA cutouts in demo-out/cutout, masks in demo-out/mask, white backgrounds in demo-out/on-white"
 
 test: $(VENV)/.dev
