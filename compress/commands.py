@@ -13,6 +13,7 @@ def register(sub) -> None:
     add_label(sub)
     add_distill(sub)
     add_export(sub)
+    add_model_card(sub)
 
 
 # --- fetch-teacher -----------------------------------------------------------------------------
@@ -90,6 +91,7 @@ def add_distill(sub) -> None:
     p.add_argument("--holdout", type=float, default=0.03, help="fraction of photos held out to watch over-fitting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=run_distill)
 
 
@@ -107,7 +109,7 @@ def run_distill(args) -> int:
                       label_roots=tuple(args.label_root), exclude=exclude,
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                      threads=args.threads)
+                      threads=args.threads, device=args.device)
     best = train(cfg)
     print(f"best checkpoint: {best}")
     return 0
@@ -125,6 +127,9 @@ def add_export(sub) -> None:
                    help="calibration photos folder (default $EDGECUT_DATA/train)")
     p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--embed", action="store_true",
+                   help="copy the result (int8 if made) into the package's models/embedded/NAME")
+    p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
     p.set_defaults(func=run_export)
 
 
@@ -145,4 +150,29 @@ def run_export(args) -> int:
         photos = calibration_photos(calib, args.calib_n)
         q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method)
         print(f"int8: {q}")
+    if args.embed:
+        from .export import embed
+
+        dest = embed(q if args.int8 else fp32, args.name, default=args.default)
+        print(f"embedded: {dest}{' (default)' if args.default else ''}")
+    return 0
+
+
+# --- model-card ----------------------------------------------------------------------------------
+def add_model_card(sub) -> None:
+    p = sub.add_parser("model-card", help="(re)write MODEL_CARD.md of a model folder from a bench JSON")
+    p.add_argument("folder", type=Path, help="model folder with manifest.json (e.g. models/embedded/NAME)")
+    p.add_argument("--bench", type=Path, help="results of `edgecut bench accuracy --json`")
+    p.set_defaults(func=run_model_card)
+
+
+def run_model_card(args) -> int:
+    from ..runtime.errors import EdgecutError
+    from . import model_card
+
+    if not (args.folder / "manifest.json").is_file():
+        raise EdgecutError(f"{args.folder}: no manifest.json")
+    if args.bench and not args.bench.is_file():
+        raise EdgecutError(f"{args.bench}: no such file")
+    print(model_card.write(args.folder, args.bench))
     return 0

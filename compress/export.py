@@ -144,10 +144,24 @@ def float_ops(path) -> dict:
     return counts
 
 
-def copy_model(folder, dest) -> Path:
-    """Copy an exported model folder (e.g. into models/embedded/)."""
-    dest = Path(dest)
+def embed(folder, name: str, default: bool = False, embedded_dir=None) -> Path:
+    """Copy an exported folder into the package's models/embedded/<name>/ (renamed in its manifest),
+    with a model card; `default` also makes it the model `edgecut remove` uses."""
+    from ..models import embedded_dir as package_embedded_dir
+    from . import model_card
+
+    root = Path(embedded_dir) if embedded_dir else package_embedded_dir()
+    dest = root / name
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(folder, tmp)
+    m = Manifest.load(tmp / "manifest.json")
+    replace(m, name=name).save(tmp / "manifest.json")
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(folder, dest)
+    tmp.rename(dest)
+    model_card.write(dest)
+    if default:
+        (root / "DEFAULT").write_text(name + "\n")
     return dest

@@ -10,24 +10,6 @@ from pathlib import Path
 from ..runtime.manifest import Manifest
 
 
-def _accuracy_table(bench: dict, model_name: str) -> str:
-    rows = []
-    for entry in bench.get("models", []):
-        name = entry.get("name") or entry.get("model")
-        sets = entry.get("sets", {})
-        if not sets:
-            continue
-        cols = sorted(sets)
-        head = "| model | " + " | ".join(cols) + " | mean |"
-        if not rows:
-            rows += [head, "|" + "---|" * (len(cols) + 2)]
-        mean = entry.get("mean", {}).get("iou")
-        cells = [f"{sets[c]['iou']:.3f}" for c in cols]
-        rows.append(f"| {name}{' (this model)' if name == model_name else ''} | " + " | ".join(cells)
-                    + f" | {mean:.3f} |" if mean is not None else " | |")
-    return "\n".join(rows)
-
-
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:
     q = manifest.extra.get("quantization", {})
     lines = [
@@ -65,9 +47,12 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
     if manifest.notes:
         lines += ["", "## Notes", manifest.notes]
     if bench:
-        lines += ["", "## Measured accuracy (IoU, human-labelled masks)", "", _accuracy_table(bench, manifest.name)]
-        if command:
-            lines += ["", f"Made with `{command}`."]
+        from ..bench.accuracy import results_table
+
+        lines += ["", "## Measured accuracy (human-labelled masks of ../shared/data/bench)", "", "```",
+                  results_table(bench["models"]), "```"]
+        if command or bench.get("command"):
+            lines += ["", f"Made with `{command or bench['command']}` on {bench.get('machine', {}).get('cpu', '?')}."]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 

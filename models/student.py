@@ -49,7 +49,7 @@ def count_macs(model: nn.Module, input_size: int) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size))
+        model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
     model.train(was_training)
     for h in handles:
         h.remove()

@@ -87,7 +87,7 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     assert 0 <= log[-1]["holdout"]["iou"] <= 1
 
 
-def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys):
+def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys, monkeypatch):
     from edgecut.cli import main
     from edgecut.runtime.manifest import Manifest
     from edgecut.runtime.session import Session
@@ -97,10 +97,16 @@ def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys):
                  "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--ckpt-every", "2",
                  "--threads", "1"]) == 0
     out = tmp_path / "models"
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    monkeypatch.setenv("EDGECUT_MODELS_DIR", str(zoo))
     assert main(["export", str(run / "best.pt"), "--name", "m", "--out", str(out), "--int8",
-                 "--calib", str(train_dir), "--calib-n", "4"]) == 0
+                 "--calib", str(train_dir), "--calib-n", "4", "--embed", "--default"]) == 0
     assert Manifest.load(out / "m-int8" / "manifest.json").precision == "int8"
-    alpha = Session(out / "m-int8").alpha(np.zeros((40, 50, 3), np.uint8))
+    embedded = Manifest.load(zoo / "m" / "manifest.json")
+    assert embedded.name == "m" and embedded.precision == "int8"
+    assert (zoo / "DEFAULT").read_text().strip() == "m" and (zoo / "m" / "MODEL_CARD.md").is_file()
+    alpha = Session("default").alpha(np.zeros((40, 50, 3), np.uint8))  # resolved through the zoo
     assert alpha.shape == (40, 50) and alpha.dtype == np.uint8
     assert main(["export", str(tmp_path / "missing.pt"), "--name", "x"]) == 1
     assert "no such checkpoint" in capsys.readouterr().err

@@ -78,3 +78,16 @@ def test_float_ops_finds_unquantized_nodes(exported):
     _, folder, _ = exported
     ops = float_ops(folder / "model.onnx")  # the fp32 model: everything is float
     assert ops.get("Conv", 0) > 0
+
+
+def test_model_card_carries_provenance_and_measured_table(exported):
+    from edgecut.compress import model_card
+
+    _, folder, _ = exported
+    bench = {"command": "edgecut bench accuracy", "machine": {"cpu": "test cpu"}, "models": [
+        {"name": "tiny-fp32", "sets": {"horse": {"images": 2, "iou": 0.5, "mae": 0.1, "max_f": 0.6,
+                                                  "s_measure": 0.7, "boundary_f": 0.2}},
+         "mean": {"iou": 0.5, "mae": 0.1, "max_f": 0.6, "s_measure": 0.7, "boundary_f": 0.2, "images": 2}}]}
+    text = model_card.render(Manifest.load(folder / "manifest.json"), bench)
+    assert "AGPL-3.0" in text and "research" in text and "sha256" in text
+    assert "horse" in text and "0.5000" in text and "edgecut bench accuracy" in text
