@@ -94,8 +94,8 @@ class AugmentConfig:
     size: int = 256
     crop_scale: tuple = (0.3, 1.0)     # fraction of the photo's area kept by the random crop
     crop_ratio: tuple = (0.75, 1.333)  # aspect jitter (the runtime stretches photos to a square)
-    composite_p: float = 0.5           # paste a teacher-cut foreground from another photo
-    fg_scale: tuple = (0.25, 0.9)      # pasted foreground size, fraction of the output side
+    composite_p: float = 0.35          # paste a teacher-cut subject from another photo
+    fg_scale: tuple = (0.3, 0.95)      # pasted subject's long side, fraction of the output side
     bg_blur_p: float = 0.25            # defocus the background before pasting
     gray_p: float = 0.05
     jitter: float = 0.3                # brightness / contrast / saturation strength
@@ -161,21 +161,36 @@ class BatchAugmenter:
         k = 2 * self._randint(3) + 3
         return F.avg_pool2d(x[None], k, 1, k // 2, count_include_pad=False)[0]
 
+    def _foreground(self, size: int):
+        """A whole teacher-cut subject (its alpha's bounding box), scaled to a random size:
+        pasting random crops instead gave subjects with straight cut edges no photo has."""
+        im, al = self.samples[self._randint(len(self.samples))]
+        rows, cols = (al[0] > 127).any(1).nonzero(), (al[0] > 127).any(0).nonzero()
+        if len(rows) < 8 or len(cols) < 8:
+            return self._crop(self._randint(len(self.samples)), max(8, size // 2))
+        y0, y1 = max(0, int(rows[0]) - 4), min(al.shape[1], int(rows[-1]) + 5)
+        x0, x1 = max(0, int(cols[0]) - 4), min(al.shape[2], int(cols[-1]) + 5)
+        x = torch.cat([im, al])[:, y0:y1, x0:x1][None].float() / 255
+        s = size * float(self._u(*self.cfg.fg_scale)) / max(y1 - y0, x1 - x0)
+        hw = (max(8, min(size, round((y1 - y0) * s))), max(8, min(size, round((x1 - x0) * s))))
+        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
+        if float(self._u()) < 0.5:
+            x = x.flip(-1)
+        return x[:3], x[3:]
+
     def _composite(self, bg, bg_alpha, size):
-        """Paste a foreground cut by its alpha onto bg. The new alpha is the union of both subjects,
-        as the teacher itself marks every salient object."""
-        c = self.cfg
-        fg, fa = self._crop(self._randint(len(self.samples)), size)
+        """Paste a teacher-cut subject from another photo onto bg. The new alpha is the union of
+        both subjects, as the teacher itself marks every salient object."""
+        fg, fa = self._foreground(size)
         fg = self._jitter(fg[None])[0]
-        s = int(size * float(self._u(*c.fg_scale)))
-        fg = F.interpolate(torch.cat([fg, fa])[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
-        y0, x0 = self._randint(size - s + 1), self._randint(size - s + 1)
-        if float(self._u()) < c.bg_blur_p:
+        h, w = fa.shape[-2:]
+        y0, x0 = self._randint(size - h + 1), self._randint(size - w + 1)
+        if float(self._u()) < self.cfg.bg_blur_p:
             bg = self._defocus(bg)
         a = torch.zeros(1, size, size)
         f = torch.zeros(3, size, size)
-        a[:, y0:y0 + s, x0:x0 + s] = fg[3:]
-        f[:, y0:y0 + s, x0:x0 + s] = fg[:3]
+        a[:, y0:y0 + h, x0:x0 + w] = fa
+        f[:, y0:y0 + h, x0:x0 + w] = fg
         return f * a + bg * (1 - a), a + (1 - a) * bg_alpha
 
     def batch(self, batch_size: int):
