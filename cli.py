@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "edgecut.runtime.commands",
     "edgecut.compress.commands",
     "edgecut.bench.commands",
+    "edgecut.runtime.video_commands",
 )
 
 

@@ -88,6 +88,9 @@ def add_latency(bench) -> None:
     p.add_argument("--photo-size", type=_size, default=(4000, 3000), metavar="WxH",
                    help="size of the synthetic photo (default 4000x3000)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of `edgecut remove`")
+    p.add_argument("--profile", action="store_true",
+                   help="also print the per-stage split of the photo: decode, resize, inference, "
+                        "upsample, composite, encode")
     p.set_defaults(func=run_latency)
 
 
@@ -98,9 +101,12 @@ def run_latency(args) -> int:
         raise EdgecutError("--runs must be at least 1")
     cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, photo=args.photo,
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
-                                measure_rss=not args.no_rss)
+                                measure_rss=not args.no_rss, profile=args.profile)
     results, photo = latency.run_latency(args.model or ["default"], cfg)
     print(latency.results_tables(results))
+    if args.profile:
+        from .profile import profile_table
+        print("\n" + profile_table(results))
     payload = {**report.header("latency", args), "photo": photo, "runs": args.runs,
                "timing": "Session.infer on an RGB array already at the model's input size "
                          "(network + normalisation); end-to-end stages are medians",

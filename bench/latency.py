@@ -37,6 +37,7 @@ class LatencyConfig:
     photo_size: Tuple[int, int] = PHOTO_12MP  # (width, height)
     teacher_path: Optional[str] = None
     measure_rss: bool = True
+    profile: bool = False                     # also split one photo's time by stage (bench/profile.py)
 
 
 # --- model facts ---------------------------------------------------------------------------------
@@ -162,6 +163,9 @@ def bench_model(spec: str, cfg: LatencyConfig, photo: Path) -> dict:
     slow = out["latency"][str(cfg.threads[-1])]["p50_ms"] > SLOW_RUN_S * 1000
     out["end_to_end"] = time_end_to_end(session, photo, 1 if slow else min(3, cfg.runs))
     out["end_to_end"]["threads"] = cfg.threads[-1]
+    if cfg.profile:
+        from .profile import profile_stages
+        out["profile"] = profile_stages(session, photo, 1 if slow else min(3, cfg.runs))
     arg = cli_model_arg(spec, session)
     out["peak_rss_mb"] = peak_rss_mb(arg, photo) if cfg.measure_rss and arg else None
     return out
