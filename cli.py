@@ -16,6 +16,7 @@ from .runtime.errors import EdgecutError
 COMMAND_MODULES = (
     "edgecut.runtime.commands",
     "edgecut.compress.commands",
+    "edgecut.compress.compress_commands",
     "edgecut.bench.commands",
     "edgecut.runtime.video_commands",
 )

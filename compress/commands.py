@@ -117,45 +117,97 @@ def run_distill(args) -> int:
 
 # --- export ------------------------------------------------------------------------------------
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a distill checkpoint to ONNX (fp32, and int8 with --int8)")
-    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `edgecut distill`")
-    p.add_argument("--name", required=True, help="model name; written as OUT/NAME (and OUT/NAME-int8)")
+    p = sub.add_parser("export", help="export a distill (or pruned) checkpoint to ONNX or TFLite, fp32 and int8")
+    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `edgecut distill`, or pruned.pt")
+    p.add_argument("--name", required=True, help="model name; written as OUT/NAME (and OUT/NAME-int8); "
+                                                 "with --format tflite, OUT/NAME-tflite (and OUT/NAME-tflite-int8)")
     p.add_argument("--out", type=Path, default=Path("runs/export"))
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--int8", action="store_true", help="also write a static-quantized int8 (QDQ) model")
+    p.add_argument("--format", choices=("onnx", "tflite"), default="onnx",
+                   help="onnx (onnxruntime, default) or tflite (LiteRT, NHWC input; needs the tflite extra)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write an int8 model (onnx: static QDQ; tflite: full-integer PT2E)")
     p.add_argument("--calib", type=Path, default=None,
                    help="calibration photos folder (default $EDGECUT_DATA/train)")
     p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
-    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="onnx int8 calibration (tflite int8 uses PT2E histogram observers)")
+    p.add_argument("--quick-iou", type=int, default=0, metavar="N",
+                   help="summary table: also IoU on N images of each $EDGECUT_DATA/bench set (default off)")
     p.add_argument("--embed", action="store_true",
                    help="copy the result (int8 if made) into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
     p.set_defaults(func=run_export)
 
 
+def _attempt(fmt: str, precision: str, make) -> dict:
+    """One export of the summary table: a failure is a row with its reason, not a traceback."""
+    from ..runtime.errors import EdgecutError
+
+    try:
+        folder = make()
+    except EdgecutError:
+        raise
+    except Exception as e:  # converters raise anything; the table says which export failed and why
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        print(f"{fmt} {precision}: failed ({type(e).__name__}: {reason})", file=sys.stderr)
+        return {"format": fmt, "precision": precision, "status": "failed", "reason": f"{type(e).__name__}: {reason}"}
+    print(f"{precision}: {folder}")
+    return {"format": fmt, "precision": precision, "status": "ok", "folder": folder}
+
+
 def run_export(args) -> int:
     import os
 
     from ..runtime.errors import EdgecutError
-    from .export import calibration_photos, export_onnx, load_student, quantize_int8
+    from .export import (calibration_photos, export_onnx, load_student, measure_export, quantize_int8,
+                         summary_table)
 
     if not args.checkpoint.is_file():
         raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
-    model, ck = load_student(args.checkpoint)
-    fp32 = export_onnx(model, args.out, args.name, extra={"checkpoint_step": ck.get("step"),
-                                                          "holdout": ck.get("holdout")})
-    print(f"fp32: {fp32}")
+    photos = None
     if args.int8:
         calib = args.calib or Path(os.environ.get("EDGECUT_DATA", "../shared/data")) / "train"
-        photos = calibration_photos(calib, args.calib_n)
-        q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method)
-        print(f"int8: {q}")
+        try:
+            photos = calibration_photos(calib, args.calib_n)
+        except FileNotFoundError as e:
+            raise EdgecutError(str(e)) from None
+    model, ck = load_student(args.checkpoint)
+    extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
+    if ck.get("pruned"):
+        extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
+    rows = []
+    if args.format == "onnx":
+        fp32 = export_onnx(model, args.out, args.name, extra=extra)
+        print(f"fp32: {fp32}")
+        rows.append({"format": "onnx", "precision": "fp32", "status": "ok", "folder": fp32})
+        if args.int8:
+            q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method)
+            print(f"int8: {q}")
+            rows.append({"format": "onnx", "precision": "int8", "status": "ok", "folder": q})
+    else:
+        from .tflite import INSTALL_HINT, available, export_tflite
+
+        if not available():
+            raise EdgecutError(INSTALL_HINT)
+        name = f"{args.name}-tflite"
+        rows.append(_attempt("tflite", "fp32", lambda: export_tflite(model, args.out, name, extra=extra)))
+        if args.int8:
+            rows.append(_attempt("tflite", "int8", lambda: export_tflite(
+                model, args.out, f"{name}-int8", int8=True, calib_photos=photos, extra=extra)))
+    for r in rows:
+        if r["status"] == "ok":
+            r.update(measure_export(r["folder"], args.quick_iou))
+    print(summary_table(rows))
+    failed = [r for r in rows if r["status"] != "ok"]
     if args.embed:
         from .export import embed
 
-        dest = embed(q if args.int8 else fp32, args.name, default=args.default)
+        chosen = rows[-1]
+        if chosen["status"] != "ok":
+            raise EdgecutError(f"nothing to embed: the {chosen['format']} {chosen['precision']} export failed")
+        dest = embed(chosen["folder"], args.name, default=args.default)
         print(f"embedded: {dest}{' (default)' if args.default else ''}")
-    return 0
+    return 1 if failed else 0
 
 
 # --- model-card ----------------------------------------------------------------------------------

@@ -30,12 +30,17 @@ DEFAULT_LICENSE = ("code Apache-2.0; weights trained on research-use photos: res
 
 
 def load_student(checkpoint):
-    """A student from a distill checkpoint (best.pt / last.pt), in eval mode."""
+    """A student from a distill checkpoint (best.pt / last.pt) or a pruned one (`edgecut compress
+    prune`: its tensor shapes carry the pruned channel counts), in eval mode."""
     import torch
 
     from ..models.student import create_student
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if ck.get("pruned"):
+        from .prune import rebuild_pruned
+
+        return rebuild_pruned(ck["variant"], ck["model"]).eval(), ck
     model = create_student(ck["variant"])
     model.load_state_dict(ck["model"])
     return model.eval(), ck
@@ -120,7 +125,7 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                     "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                     "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
                     "calibration": method, "calibration_photos": len(photos),
-                    "float_ops": float_ops(folder / "model.onnx")}})
+                    "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes)}})
     q.save(folder / "manifest.json")
     return folder
 
@@ -165,3 +170,41 @@ def embed(folder, name: str, default: bool = False, embedded_dir=None) -> Path:
     if default:
         (root / "DEFAULT").write_text(name + "\n")
     return dest
+
+
+# --- the summary table printed after `edgecut export` --------------------------------------------
+def measure_export(folder, quick_iou: int = 0, runs: int = 5, bench_dir=None) -> dict:
+    """Facts for one exported folder: file size, ms per image at the model's resolution (1 thread,
+    median of `runs`) and, with `quick_iou`, the mean IoU over that many images of each bench set."""
+    from ..bench.latency import time_infer
+    from ..runtime.session import Session
+
+    folder = Path(folder)
+    m = Manifest.load(folder / "manifest.json")
+    session = Session(folder, threads=1)
+    row = {"size_mb": (folder / m.file).stat().st_size / 1e6,
+           "ms": time_infer(session, runs=runs, warmup=2)["p50_ms"], "iou": None}
+    if quick_iou:
+        from ..bench.accuracy import default_data_dir, evaluate_set, find_sets
+
+        root = Path(bench_dir) if bench_dir else default_data_dir()
+        if root.is_dir():
+            ious = [evaluate_set(session, s, limit=quick_iou, log=lambda *_: None)["iou"] for s in find_sets(root)]
+            ious = [v for v in ious if v is not None]
+            row["iou"] = float(np.mean(ious)) if ious else None
+    return row
+
+
+def summary_table(rows) -> str:
+    """Ultralytics-style: one line per export attempted. rows: dicts with format, precision, status,
+    and for successes size_mb, ms and iou (None: not measured)."""
+    head = f"{'Format':<8} {'Precision':<9} {'Status':<8} {'Size (MB)':>9} {'IoU':>7} {'ms/img':>8}  Folder / reason"
+    lines = [head]
+    for r in rows:
+        ok = r["status"] == "ok"
+        size = f"{r['size_mb']:9.2f}" if ok else f"{'-':>9}"
+        iou = f"{r['iou']:7.4f}" if ok and r.get("iou") is not None else f"{'-':>7}"
+        ms = f"{r['ms']:8.2f}" if ok else f"{'-':>8}"
+        lines.append(f"{r['format']:<8} {r['precision']:<9} {r['status']:<8} {size} {iou} {ms}  "
+                     f"{r.get('folder', '') if ok else r.get('reason', '')}")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
 """`pip install edgecut` is the lean runtime: three dependencies, no torch, the default model inside."""
+import re
 import subprocess
 import sys
 import zipfile
@@ -24,7 +25,8 @@ def test_base_dependencies_are_numpy_onnxruntime_pillow():
 
 def test_torch_is_pinned_wherever_it_appears():
     extras = _pyproject()["project"]["optional-dependencies"]
-    torch_reqs = [r for reqs in extras.values() for r in reqs if r.lower().startswith("torch")]
+    torch_reqs = [r for reqs in extras.values() for r in reqs
+                  if re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower() == "torch"]
     assert torch_reqs and all(r.replace(" ", "") == "torch==2.13.0" for r in torch_reqs)
 
 

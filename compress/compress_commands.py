@@ -1,0 +1,164 @@
+"""`edgecut compress prune|quantize`: make a trained student smaller or integer.
+
+Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compress", help="prune a trained student, or quantize an exported model to int8")
+    verbs = p.add_subparsers(dest="compress_command", metavar="STEP")
+    add_prune(verbs)
+    add_quantize(verbs)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _train_root(arg):
+    return arg or os.path.join(os.environ.get("EDGECUT_DATA", "../shared/data"), "train")
+
+
+# --- prune -------------------------------------------------------------------------------------
+# The criteria of prune.IMPORTANCES, spelled out here: this module must import without torch.
+IMPORTANCES = ("l1", "l2", "taylor", "random", "bn")
+
+
+def add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tune")
+    p.add_argument("checkpoint", type=Path, help="best.pt / last.pt from `edgecut distill` (or an earlier pruned.pt)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-macs", type=float, metavar="F", help="fraction of the MACs to keep, e.g. 0.6")
+    target.add_argument("--target-params", type=float, metavar="F", help="fraction of the parameters to keep")
+    p.add_argument("--importance", choices=IMPORTANCES, default="l1",
+                   help="channel criterion: l1/l2 weight magnitude, taylor (needs photos), random, bn (BN gamma)")
+    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
+    p.add_argument("--steps", type=int, default=1, help="prune / fine-tune rounds, each cutting a little more")
+    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="distillation steps after each round (0: prune only)")
+    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
+    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
+    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
+                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak fine-tuning learning rate")
+    p.add_argument("--holdout", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda ...")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for pruned.pt and prune.json (default runs/prune/<checkpoint folder>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_prune)
+
+
+def run_prune(args) -> int:
+    from ..runtime.errors import EdgecutError
+
+    if not args.checkpoint.is_file():
+        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    fraction = args.target_macs if args.target_macs is not None else args.target_params
+    if not 0 < fraction < 1:
+        raise EdgecutError(f"a target is the fraction to keep, between 0 and 1 (got {fraction})")
+    if args.steps < 1 or args.finetune_steps < 0 or args.round_to < 1:
+        raise EdgecutError("--steps and --round-to must be at least 1, --finetune-steps at least 0")
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        raise EdgecutError("pruning needs the prune extra: pip install 'edgecut[prune]' (torch-pruning)") from None
+    from .distill import TrainConfig
+    from .prune import PruneConfig, prune_checkpoint
+
+    train_cfg = None
+    if args.finetune_steps or args.importance == "taylor":
+        data = _train_root(args.data)
+        if not Path(data).is_dir():
+            raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA); fine-tuning "
+                               "and the taylor importance need training photos")
+        train_cfg = TrainConfig(data=data, sets=tuple(s for s in args.sets.split(",") if s),
+                                label_roots=tuple(args.label_root), batch_size=args.batch_size, lr=args.lr,
+                                holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device)
+    elif args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = args.out or Path("runs/prune") / args.checkpoint.resolve().parent.name
+    if (out / "pruned.pt").resolve() == args.checkpoint.resolve():
+        raise EdgecutError(f"{out / 'pruned.pt'}: would overwrite the input checkpoint; pass another --out")
+    pcfg = PruneConfig(target_macs=args.target_macs, target_params=args.target_params, importance=args.importance,
+                       round_to=args.round_to, steps=args.steps, finetune_steps=args.finetune_steps)
+    try:
+        path = prune_checkpoint(args.checkpoint, out, pcfg, train_cfg, progress=not args.no_progress)
+    except FileNotFoundError as e:
+        raise EdgecutError(str(e)) from None
+    print(f"pruned checkpoint: {path}  (export it with: edgecut export {path} --name NAME)")
+    return 0
+
+
+# --- quantize ----------------------------------------------------------------------------------
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="static int8 (QDQ) of an exported fp32 ONNX folder, with a per-layer report")
+    p.add_argument("model_dir", type=Path, help="fp32 model folder from `edgecut export` (model.onnx + manifest.json)")
+    p.add_argument("--calib", type=Path, default=None, help="calibration photos folder (default $EDGECUT_DATA/train)")
+    p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation range calibration")
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="ONNX node names to leave in float")
+    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+                   help="mixed precision: leave the K activations with the worst int8 SQNR in float")
+    p.add_argument("--report", action="store_true", help="print per-layer SQNR (fp32 vs int8), worst first")
+    p.add_argument("--report-n", type=int, default=8, help="photos for the report and --auto-exclude")
+    p.add_argument("--report-json", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--name", default=None, help="output model name (default: <input name>-int8)")
+    p.add_argument("--out", type=Path, default=None, help="parent folder of OUT/NAME (default: beside MODEL_DIR)")
+    p.set_defaults(func=run_quantize)
+
+
+def run_quantize(args) -> int:
+    import json
+
+    from ..runtime.errors import EdgecutError
+    from ..runtime.manifest import Manifest
+
+    manifest_path = args.model_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise EdgecutError(f"{args.model_dir}: no manifest.json (expected a folder from `edgecut export`)")
+    m = Manifest.load(manifest_path)
+    if m.format != "onnx" or m.precision != "fp32":
+        raise EdgecutError(f"{args.model_dir}: needs an fp32 ONNX model (this one is {m.format} {m.precision})")
+    name = args.name or f"{args.model_dir.name}-int8"
+    out = args.out or args.model_dir.parent
+    if (out / name).resolve() == args.model_dir.resolve():
+        raise EdgecutError(f"{out / name}: would overwrite the input model; pass another --name or --out")
+    if args.calib_n < 1 or args.report_n < 1 or args.auto_exclude < 0:
+        raise EdgecutError("--calib-n and --report-n must be at least 1, --auto-exclude at least 0")
+    from .export import calibration_photos
+    from .quantize import errors_json, quantize_model, report_table
+
+    calib = args.calib or Path(os.environ.get("EDGECUT_DATA", "../shared/data")) / "train"
+    try:
+        photos = calibration_photos(calib, args.calib_n)
+        probe = calibration_photos(calib, args.report_n, seed=1) if (args.report or args.auto_exclude) else None
+    except FileNotFoundError as e:
+        raise EdgecutError(str(e)) from None
+    print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
+          f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
+    res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
+                         args.auto_exclude, probe if args.report or args.auto_exclude else None)
+    q = Manifest.load(res.folder / "manifest.json")
+    if res.excluded:
+        print(f"left in float: {', '.join(res.excluded)}")
+    print(f"float ops left: {q.extra['quantization']['float_ops'] or 'none'}")
+    if res.errors is not None:
+        print(report_table(res.errors))
+        print(f"alpha mean abs diff vs fp32 on {len(probe)} photos: {res.output_mae:.4f}")
+        if args.report_json:
+            tmp = args.report_json.with_name(args.report_json.name + ".tmp")
+            tmp.write_text(json.dumps({"model": str(res.folder), "excluded": res.excluded,
+                                       "output_mae": res.output_mae, "layers": errors_json(res.errors)}, indent=1))
+            os.replace(tmp, args.report_json)
+    print(f"int8: {res.folder}")
+    return 0

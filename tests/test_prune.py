@@ -1,0 +1,163 @@
+"""Structured pruning: MACs really drop, channel counts stay multiples of 8 and consistent across
+skips, and a pruned checkpoint loads, fine-tunes and exports like any other."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning", reason="the prune extra is not installed (pip install edgecut[prune])")
+
+from edgecut.compress.export import export_onnx, load_student  # noqa: E402
+from edgecut.compress.prune import (Counts, PruneConfig, channel_counts, prune_checkpoint,  # noqa: E402
+                                    prune_student, rebuild_pruned, schedule)
+from edgecut.models.student import create_student  # noqa: E402
+from edgecut.models.variants import StudentConfig, register  # noqa: E402
+
+# Wide enough that every layer has channels to lose in steps of 8.
+TINY = register(StudentConfig(name="test-prune", input_size=48, width=0.5, context_channels=32,
+                              decoder_channels=(32, 16, 16, 16)))
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m = create_student(TINY).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "best.pt"
+    torch.save({"model": _model().state_dict(), "variant": TINY.name, "step": 7}, path)
+    return path
+
+
+@pytest.fixture
+def train_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "a" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "teacher").mkdir()
+    for i in range(6):
+        img = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
+        alpha = np.zeros((40, 48), np.uint8)
+        img[10:30, 12:36] += 150
+        alpha[10:30, 12:36] = 255
+        Image.fromarray(img).save(tmp_path / "data" / "a" / "images" / f"{i}.jpg")
+        Image.fromarray(alpha).save(tmp_path / "data" / "a" / "teacher" / f"{i}.png")
+    return tmp_path / "data"
+
+
+def _conv_outs(model):
+    return {k: v for k, v in channel_counts(model).items() if k != "decoder.head"}
+
+
+def test_prune_hits_target_in_multiples_of_8_and_still_runs():
+    model = _model()
+    base = Counts.of(model)
+    after = prune_student(model, target_macs=0.6, importance="l1")
+    assert 0.4 * base.macs < after.macs <= 0.6 * base.macs
+    assert after.params < base.params
+    outs = _conv_outs(model)
+    assert all(c % 8 == 0 and c >= 8 for c in outs.values()), outs
+    assert any(c < orig for c, orig in zip(outs.values(), _conv_outs(_model()).values()))
+    assert channel_counts(model)["decoder.head"] == 1
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 48, 48))
+    assert y.shape == (2, 1, 48, 48) and float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_params_target_and_other_criteria():
+    model = _model()
+    base = Counts.of(model)
+    after = prune_student(model, target_params=0.7, importance="random")
+    assert after.params <= 0.7 * base.params
+    bn = _model()
+    assert prune_student(bn, target_macs=0.9, importance="bn").macs <= 0.9 * base.macs
+    with pytest.raises(ValueError, match="taylor"):
+        prune_student(_model(), target_macs=0.5, importance="taylor")
+    with pytest.raises(ValueError, match="exactly one"):
+        prune_student(_model(), target_macs=0.5, target_params=0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        prune_student(_model(), target_macs=1.5)
+
+
+def test_schedule_is_linear_in_the_kept_fraction():
+    assert schedule(0.6, 1) == [0.6]
+    assert np.allclose(schedule(0.6, 2), [0.8, 0.6])
+    assert np.allclose(schedule(0.4, 3), [0.8, 0.6, 0.4])
+
+
+def test_pruned_state_dict_rebuilds_the_same_network():
+    model = _model()
+    prune_student(model, target_macs=0.5)
+    again = rebuild_pruned(TINY.name, model.state_dict()).eval()
+    assert channel_counts(again) == channel_counts(model)
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+
+def test_prune_checkpoint_with_finetune_then_export(checkpoint, train_dir, tmp_path):
+    from edgecut.compress.distill import TrainConfig
+    from edgecut.runtime.manifest import Manifest
+    from edgecut.runtime.session import Session
+
+    tcfg = TrainConfig(variant=TINY.name, data=str(train_dir), batch_size=2, lr=1e-3, holdout=0.3, threads=1)
+    pcfg = PruneConfig(target_macs=0.6, importance="taylor", steps=2, finetune_steps=2)
+    out = prune_checkpoint(checkpoint, tmp_path / "pruned", pcfg, tcfg, progress=False, log=lambda *_: None)
+    record = json.loads((tmp_path / "pruned" / "prune.json").read_text())
+    assert [r["round"] for r in record["rounds"]] == [1, 2]
+    assert record["macs"] <= 0.6 * record["base_macs"] and "loss" in record["rounds"][-1]
+    assert record["rounds"][0]["macs"] > record["rounds"][1]["macs"]
+
+    model, ck = load_student(out)
+    assert ck["pruned"]["importance"] == "taylor" and ck["step"] == 7
+    folder = export_onnx(model, tmp_path / "export", "pruned", extra={"pruned": ck["pruned"]})
+    m = Manifest.load(folder / "manifest.json")
+    assert m.macs == record["macs"] and m.extra["pruned"]["base_macs"] == record["base_macs"]
+    rgb = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    session = Session(folder, threads=1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(session.preprocess(rgb)))[0, 0].numpy()
+    np.testing.assert_allclose(session.infer(rgb), want, atol=1e-4)
+
+
+def test_cli_prune_then_export(checkpoint, tmp_path, capsys):
+    from edgecut.cli import main
+    from edgecut.runtime.manifest import Manifest
+
+    out = tmp_path / "p"
+    assert main(["compress", "prune", str(checkpoint), "--target-macs", "0.7", "--out", str(out),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "before:" in text and "after:" in text
+    assert main(["export", str(out / "pruned.pt"), "--name", "small", "--out", str(tmp_path / "e")]) == 0
+    m = Manifest.load(tmp_path / "e" / "small" / "manifest.json")
+    assert m.extra["pruned"]["target_macs"] == 0.7
+    assert m.macs <= 0.7 * m.extra["pruned"]["base_macs"]
+    # bad input: one clear line, non-zero exit
+    assert main(["compress", "prune", str(tmp_path / "nope.pt"), "--target-macs", "0.5"]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["compress", "prune", str(checkpoint), "--target-macs", "0.5", "--finetune-steps", "3",
+                 "--data", str(tmp_path / "missing")]) == 1
+    assert "training folder" in capsys.readouterr().err
+
+
+def test_counter_matches_a_real_forward_count():
+    from edgecut.compress.prune import _Counter
+
+    model = _model()
+    counter = _Counter(model)
+    prune_student(model, target_macs=0.7)
+    assert counter.counts() == Counts.of(model)
+
+
+def test_cli_lists_every_criterion():
+    from edgecut.compress import compress_commands, prune
+
+    assert compress_commands.IMPORTANCES == prune.IMPORTANCES
