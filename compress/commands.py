@@ -92,6 +92,8 @@ def add_distill(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
+    p.add_argument("--init", default="", metavar="CKPT",
+                   help="start from a checkpoint's weights with a fresh schedule (fine-tuning, a second cycle)")
     p.set_defaults(func=run_distill)
 
 
@@ -109,7 +111,7 @@ def run_distill(args) -> int:
                       label_roots=tuple(args.label_root), exclude=exclude,
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                      threads=args.threads, device=args.device)
+                      threads=args.threads, device=args.device, init=args.init)
     best = train(cfg)
     print(f"best checkpoint: {best}")
     return 0

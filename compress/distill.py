@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                 # 0: torch's default
     device: str = "auto"             # auto: cuda when torch sees a GPU, else cpu
+    init: str = ""                   # start from these weights (a best.pt/last.pt), e.g. a second cycle
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -114,6 +115,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         step, best = ck["step"], ck.get("best", -1.0)
         aug_seed = cfg.seed + step  # a fresh but reproducible augmentation stream after resume
         print(f"resumed from {last} at step {step}")
+    elif cfg.init:
+        model.load_state_dict(torch.load(cfg.init, map_location=device, weights_only=False)["model"])
+        print(f"initialised from {cfg.init}")
 
     samples = load_all(train_pairs, progress=progress)
     held = load_all(held_pairs, progress=False)

@@ -85,6 +85,17 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     evals = [r["step"] for r in log if "holdout" in r]
     assert evals == [2, 4, 6]
     assert 0 <= log[-1]["holdout"]["iou"] <= 1
+    # A second cycle starts from given weights (marked here) with a fresh schedule in its own folder.
+    marked = torch.load(out / "last.pt", weights_only=False)
+    key = "encoder.stem.0.weight"
+    marked["model"][key].fill_(0.5)
+    torch.save(marked, tmp_path / "marked.pt")
+    cycle2 = TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "cycle2"), "steps": 1,
+                            "init": str(tmp_path / "marked.pt")})
+    train(cycle2, progress=False)
+    after = torch.load(tmp_path / "cycle2" / "last.pt", weights_only=False)
+    assert after["step"] == 1
+    assert torch.allclose(after["model"][key], torch.full_like(after["model"][key], 0.5), atol=0.01)
 
 
 def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys, monkeypatch):
