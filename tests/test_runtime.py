@@ -172,8 +172,9 @@ def test_tflite_backend_dequantizes(tmp_path, monkeypatch):
 def test_tflite_without_litert_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "m.tflite").write_bytes(b"fake")
     tiny_manifest(file="m.tflite", format="tflite").save(tmp_path / "manifest.json")
-    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
-    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    # The submodules too: once imported (by a TFLite test), `import a.b` finds them without `a`.
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime", "tflite_runtime.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(EdgecutError, match="pip install ai-edge-litert"):
         Session(tmp_path)
 
