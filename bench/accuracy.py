@@ -148,5 +148,5 @@ def results_table(results: List[dict]) -> str:
     rows = []
     for r in results:
         for name, s in list(r["sets"].items()) + [("mean", r["mean"])]:
-            rows.append([r["name"], name, s.get("images", 0)] + [s.get(k) for k, _ in COLUMNS])
-    return table(["Model", "Set", "Images"] + [h for _, h in COLUMNS], rows, text_cols=2)
+            rows.append([r["name"], r.get("precision", ""), name, s.get("images", 0)] + [s.get(k) for k, _ in COLUMNS])
+    return table(["Model", "Prec", "Set", "Images"] + [h for _, h in COLUMNS], rows, text_cols=3)

@@ -135,6 +135,8 @@ def add_export(sub) -> None:
                    help="onnx int8 calibration (tflite int8 uses PT2E histogram observers)")
     p.add_argument("--quick-iou", type=int, default=0, metavar="N",
                    help="summary table: also IoU on N images of each $EDGECUT_DATA/bench set (default off)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a logit scale/shift on the run's held-out photos and fold it into the model")
     p.add_argument("--embed", action="store_true",
                    help="copy the result (int8 if made) into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
@@ -177,6 +179,13 @@ def run_export(args) -> int:
     extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
     if ck.get("pruned"):
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
+    if args.calibrate:
+        from .calibrate import calibrate
+
+        extra["calibration"] = cal = calibrate(model, args.checkpoint.parent)
+        print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
+              f"{cal['shift']:+.3f}); on {cal['photos_checked']} others IoU {cal['before']['iou']:.4f} -> "
+              f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     rows = []
     if args.format == "onnx":
         fp32 = export_onnx(model, args.out, args.name, extra=extra)
