@@ -116,21 +116,27 @@ def time_end_to_end(session, photo: Path, runs: int) -> dict:
     return out
 
 
+# Linux starts a forked child's peak RSS at its parent's size, and a benchmark process holding a
+# teacher or 12 MP arrays is large: so a small launcher (a bare interpreter, ~10 MB) forks the
+# CLI and reports that child's own peak.
+_RSS_LAUNCHER = ("import resource, subprocess, sys\n"
+                 "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+                 "sys.stderr.write(r.stderr.decode(errors='replace'))\n"
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+                 "sys.exit(r.returncode)\n")
+
+
 def peak_rss_mb(model_arg: str, photo: Path) -> Optional[float]:
-    """Peak RSS of one `edgecut remove` run, from the kernel's accounting of that very child
-    (os.wait4), so earlier children or this process never leak into the number."""
+    """Peak RSS of one `edgecut remove` run on `photo`, in MB."""
     with tempfile.TemporaryDirectory(prefix="edgecut-rss-") as tmp:
         cmd = [sys.executable, "-m", "edgecut.cli", "remove", str(photo),
                "-o", str(Path(tmp) / "out.png"), "--model", model_arg]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            last = (err.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        r = subprocess.run([sys.executable, "-S", "-c", _RSS_LAUNCHER, *cmd], capture_output=True, text=True)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["?"])[-1]
             raise EdgecutError(f"edgecut remove failed while measuring memory: {last}")
-    kb = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024
-    return kb / 1024.0
+    kb = int(r.stdout.split()[-1])
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
 
 
 def cli_model_arg(spec: str, session) -> Optional[str]:

@@ -10,12 +10,32 @@ from pathlib import Path
 from ..runtime.manifest import Manifest
 
 
+def _training_line(m: Manifest):
+    step, held = m.extra.get("checkpoint_step"), m.extra.get("holdout")
+    if step is None:
+        return None
+    line = f"- training: checkpoint at step {step}"
+    if held:
+        line += f"; held-out agreement with the teacher IoU {held['iou']:.4f}, MAE {held['mae']:.4f}"
+    return line
+
+
+def _calibration_line(m: Manifest):
+    cal = m.extra.get("calibration")
+    if not cal:
+        return None
+    return (f"- logit calibration folded into the head: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
+            f"fitted on {cal['photos_fit']} held-out training photos; on {cal['photos_checked']} others MAE "
+            f"{cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}, IoU {cal['before']['iou']:.4f} -> "
+            f"{cal['after']['iou']:.4f}")
+
+
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:
     q = manifest.extra.get("quantization", {})
     lines = [
         f"# {manifest.name}",
         "",
-        f"A {manifest.architecture} student ({manifest.params:,} parameters, {manifest.macs / 1e6:.0f}M MACs at "
+        f"An `{manifest.architecture}` student ({manifest.params:,} parameters, {manifest.macs / 1e6:.0f}M MACs at "
         f"{manifest.input_size[1]}x{manifest.input_size[0]}) that predicts a soft alpha matte for the salient "
         "subject of a photo. Trained from scratch by knowledge distillation (no pretrained backbone).",
         "",
@@ -28,6 +48,8 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         "alpha in [0, 1]",
         f"- sha256: `{manifest.sha256}`",
         f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else "",
+        _training_line(manifest),
+        _calibration_line(manifest),
         "",
         "## Provenance",
         f"- teacher: {manifest.teacher}",
@@ -35,7 +57,7 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         f"- licence: {manifest.license}",
         "",
         "The training photos are research-use sets (Caltech-101, ImageNet subsets, Shen et al. 2016 portraits, "
-        "Clothing Co-Parsing, Oxford-style cats and dogs, grocery shelves): the weights inherit those terms and "
+        "Clothing Co-Parsing, cats and dogs, grocery shelves): the weights inherit those terms and "
         "are meant for research and evaluation. The teacher (AGPL-3.0) only labelled photos; none of its weights "
         "are in this model.",
         "",
