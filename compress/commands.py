@@ -86,6 +86,7 @@ def add_distill(sub) -> None:
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps before the cosine decay")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--holdout", type=float, default=0.03, help="fraction of photos held out to watch over-fitting")
@@ -110,7 +111,7 @@ def run_distill(args) -> int:
     cfg = TrainConfig(variant=args.variant, data=data, sets=tuple(s for s in args.sets.split(",") if s),
                       label_roots=tuple(args.label_root), exclude=exclude,
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                      lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init)
     best = train(cfg)
     print(f"best checkpoint: {best}")
