@@ -119,3 +119,22 @@ def jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", **kw)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def make_student():
+    """Factory: a student of a (tiny, registered) variant in eval mode with seeded weights and
+    non-trivial BatchNorm statistics, so exports really fold BN instead of an identity."""
+    torch = pytest.importorskip("torch")
+    from edgecut.models.student import create_student
+
+    def make(cfg):
+        torch.manual_seed(0)
+        model = create_student(cfg).eval()
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+        return model
+
+    return make

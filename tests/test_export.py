@@ -6,7 +6,6 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from edgecut.compress.export import export_onnx, float_ops, quantize_int8  # noqa: E402
-from edgecut.models.student import create_student  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 from edgecut.runtime.manifest import Manifest, sha256_of  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
@@ -16,14 +15,8 @@ TINY = register(StudentConfig(name="test-tiny", input_size=64, width=0.25, conte
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_student(TINY).eval()
-    # Non-trivial BatchNorm statistics, so folding them in export is really exercised.
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
+def exported(tmp_path_factory, make_student):
+    model = make_student(TINY)
     out = tmp_path_factory.mktemp("export")
     return model, export_onnx(model, out, "tiny-fp32"), out
 

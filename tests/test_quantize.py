@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch")
 
 from edgecut.compress.export import export_onnx, float_ops  # noqa: E402
 from edgecut.compress.quantize import layer_errors, nodes_touching, quantize_model, report_table  # noqa: E402
-from edgecut.models.student import create_student  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 from edgecut.runtime.manifest import Manifest  # noqa: E402
 
@@ -19,13 +18,8 @@ TINY = register(StudentConfig(name="test-quant", input_size=48, width=0.25, cont
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_student(TINY).eval()
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
+def fp32(tmp_path_factory, make_student):
+    model = make_student(TINY)
     return export_onnx(model, tmp_path_factory.mktemp("fp32"), "q-fp32")
 
 

@@ -9,7 +9,6 @@ pytest.importorskip("litert_torch", reason="the tflite extra is not installed (p
 pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed (pip install 'edgecut[tflite]')")
 
 from edgecut.compress.export import export_onnx, load_student  # noqa: E402
-from edgecut.models.student import create_student  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 from edgecut.runtime.manifest import Manifest, sha256_of  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
@@ -33,7 +32,7 @@ def _photos(folder, n=6):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, make_student):
     """One `edgecut export --format tflite --int8` run (two conversions) shared by the tests."""
     import contextlib
     import io
@@ -41,12 +40,7 @@ def exported(tmp_path_factory):
     from edgecut.cli import main
 
     root = tmp_path_factory.mktemp("tflite")
-    torch.manual_seed(0)
-    model = create_student(TINY).eval()
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
+    model = make_student(TINY)
     torch.save({"model": model.state_dict(), "variant": TINY.name, "step": 3}, root / "best.pt")
     photos = _photos(root / "calib")
     out = io.StringIO()
