@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import eval_tensors, find_pairs, load_all, split_pairs
+from .distill import evaluate
 
 
 def heldout_tensors(run_dir, input_size: int, mean, std):
@@ -60,22 +61,14 @@ def fold_into_head(model, a: float, c: float) -> None:
     head.bias.mul_(a).add_(c)
 
 
-@torch.no_grad()
-def scores(model, x, y) -> dict:
-    p = torch.sigmoid(_logits(model, x))
-    pb, tb = p >= 0.5, y >= 0.5
-    iou = ((pb & tb).sum((1, 2, 3)).float() / (pb | tb).sum((1, 2, 3)).clamp(min=1).float()).mean()
-    return {"iou": float(iou), "mae": float((p - y).abs().mean())}
-
-
 def calibrate(model, run_dir) -> dict:
     """Fit on half the held-out photos, report on the other half, fold the fit into the model."""
     cfg = model.cfg
     x, y = heldout_tensors(run_dir, cfg.input_size, cfg.mean, cfg.std)
     fit_idx, test_idx = slice(0, None, 2), slice(1, None, 2)
     a, c = fit(model, x[fit_idx], y[fit_idx])
-    before = scores(model, x[test_idx], y[test_idx])
+    before = evaluate(model, x[test_idx], y[test_idx])
     fold_into_head(model, a, c)
-    after = scores(model, x[test_idx], y[test_idx])
+    after = evaluate(model, x[test_idx], y[test_idx])
     return {"scale": a, "shift": c, "photos_fit": len(x[fit_idx]), "photos_checked": len(x[test_idx]),
             "before": before, "after": after}

@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 
+def train_root() -> Path:
+    """The default training folder, $EDGECUT_DATA/train, resolved like every other data default."""
+    from .label import data_root
+
+    return data_root() / "train"
+
+
 def register(sub) -> None:
     add_fetch_teacher(sub)
     add_label(sub)
@@ -99,12 +106,10 @@ def add_distill(sub) -> None:
 
 
 def run_distill(args) -> int:
-    import os
-
     from ..runtime.errors import EdgecutError
     from .distill import TrainConfig, train
 
-    data = args.data or os.path.join(os.environ.get("EDGECUT_DATA", "../shared/data"), "train")
+    data = args.data or str(train_root())
     if not Path(data).is_dir():
         raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
     exclude = tuple(p.name for p in Path(args.exclude).iterdir()) if args.exclude else ()
@@ -161,8 +166,6 @@ def _attempt(fmt: str, precision: str, make) -> dict:
 
 
 def run_export(args) -> int:
-    import os
-
     from ..runtime.errors import EdgecutError
     from .export import (calibration_photos, export_onnx, load_student, measure_export, quantize_int8,
                          summary_table)
@@ -171,7 +174,7 @@ def run_export(args) -> int:
         raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
     photos = None
     if args.int8:
-        calib = args.calib or Path(os.environ.get("EDGECUT_DATA", "../shared/data")) / "train"
+        calib = args.calib or train_root()
         try:
             photos = calibration_photos(calib, args.calib_n)
         except FileNotFoundError as e:

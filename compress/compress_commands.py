@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .commands import train_root
+
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="prune a trained student, or quantize an exported model to int8")
@@ -15,10 +17,6 @@ def register(sub) -> None:
     add_prune(verbs)
     add_quantize(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-
-
-def _train_root(arg):
-    return arg or os.path.join(os.environ.get("EDGECUT_DATA", "../shared/data"), "train")
 
 
 # --- prune -------------------------------------------------------------------------------------
@@ -73,7 +71,7 @@ def run_prune(args) -> int:
 
     train_cfg = None
     if args.finetune_steps or args.importance == "taylor":
-        data = _train_root(args.data)
+        data = args.data or str(train_root())
         if not Path(data).is_dir():
             raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA); fine-tuning "
                                "and the taylor importance need training photos")
@@ -138,7 +136,7 @@ def run_quantize(args) -> int:
     from .export import calibration_photos
     from .quantize import errors_json, quantize_model, report_table
 
-    calib = args.calib or Path(os.environ.get("EDGECUT_DATA", "../shared/data")) / "train"
+    calib = args.calib or train_root()
     try:
         photos = calibration_photos(calib, args.calib_n)
         probe = calibration_photos(calib, args.report_n, seed=1) if (args.report or args.auto_exclude) else None

@@ -12,14 +12,19 @@ def square(h=20, w=20, box=(5, 15, 5, 15), value=255):
     return a
 
 
+def assert_perfect(pred, gt):
+    """Every metric at its best value."""
+    assert M.iou(pred, gt) == 1.0
+    assert M.mae(pred, gt) == 0.0
+    assert M.s_measure(pred, gt) == pytest.approx(1.0, abs=1e-9)
+    assert M.boundary_f(pred, gt) == 1.0
+    p, r = M.pr_curve(pred, gt)
+    assert M.max_f(p, r) == pytest.approx(1.0)
+
+
 def test_perfect_prediction():
     gt = square()
-    assert M.iou(gt, gt) == 1.0
-    assert M.mae(gt, gt) == 0.0
-    assert M.s_measure(gt, gt) == pytest.approx(1.0, abs=1e-9)
-    assert M.boundary_f(gt, gt) == 1.0
-    p, r = M.pr_curve(gt, gt)
-    assert M.max_f(p, r) == pytest.approx(1.0)
+    assert_perfect(gt, gt)
 
 
 def test_inverted_prediction():
@@ -75,12 +80,7 @@ def test_ignore_band_is_ignored():
     gt[8:12, 8:32] = 128                           # unknown band across the top edge
     pred = square(40, 40, (10, 30, 10, 30))
     pred[8:12, 8:32] = np.arange(24, dtype=np.uint8)[None] * 10   # anything at all in the band
-    assert M.iou(pred, gt) == 1.0
-    assert M.mae(pred, gt) == 0.0
-    assert M.s_measure(pred, gt) == pytest.approx(1.0, abs=1e-9)
-    assert M.boundary_f(pred, gt) == 1.0
-    p, r = M.pr_curve(pred, gt)
-    assert M.max_f(p, r) == pytest.approx(1.0)
+    assert_perfect(pred, gt)
     # ... while an error outside the band still counts
     pred[20, 20] = 0
     assert M.iou(pred, gt) < 1.0 and M.mae(pred, gt) > 0

@@ -12,7 +12,6 @@ pytest.importorskip("torch_pruning", reason="the prune extra is not installed (p
 from edgecut.compress.export import export_onnx, load_student  # noqa: E402
 from edgecut.compress.prune import (Counts, PruneConfig, channel_counts, prune_checkpoint,  # noqa: E402
                                     prune_student, rebuild_pruned, schedule)
-from edgecut.models.student import create_student  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 
 # Wide enough that every layer has channels to lose in steps of 8.
@@ -20,20 +19,10 @@ TINY = register(StudentConfig(name="test-prune", input_size=48, width=0.5, conte
                               decoder_channels=(32, 16, 16, 16)))
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    m = create_student(TINY).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m
-
-
 @pytest.fixture
-def checkpoint(tmp_path):
+def checkpoint(make_student, tmp_path):
     path = tmp_path / "best.pt"
-    torch.save({"model": _model().state_dict(), "variant": TINY.name, "step": 7}, path)
+    torch.save({"model": make_student(TINY).state_dict(), "variant": TINY.name, "step": 7}, path)
     return path
 
 
@@ -56,34 +45,34 @@ def _conv_outs(model):
     return {k: v for k, v in channel_counts(model).items() if k != "decoder.head"}
 
 
-def test_prune_hits_target_in_multiples_of_8_and_still_runs():
-    model = _model()
+def test_prune_hits_target_in_multiples_of_8_and_still_runs(make_student):
+    model = make_student(TINY)
     base = Counts.of(model)
     after = prune_student(model, target_macs=0.6, importance="l1")
     assert 0.4 * base.macs < after.macs <= 0.6 * base.macs
     assert after.params < base.params
     outs = _conv_outs(model)
     assert all(c % 8 == 0 and c >= 8 for c in outs.values()), outs
-    assert any(c < orig for c, orig in zip(outs.values(), _conv_outs(_model()).values()))
+    assert any(c < orig for c, orig in zip(outs.values(), _conv_outs(make_student(TINY)).values()))
     assert channel_counts(model)["decoder.head"] == 1
     with torch.no_grad():
         y = model(torch.randn(2, 3, 48, 48))
     assert y.shape == (2, 1, 48, 48) and float(y.min()) >= 0 and float(y.max()) <= 1
 
 
-def test_params_target_and_other_criteria():
-    model = _model()
+def test_params_target_and_other_criteria(make_student):
+    model = make_student(TINY)
     base = Counts.of(model)
     after = prune_student(model, target_params=0.7, importance="random")
     assert after.params <= 0.7 * base.params
-    bn = _model()
+    bn = make_student(TINY)
     assert prune_student(bn, target_macs=0.9, importance="bn").macs <= 0.9 * base.macs
     with pytest.raises(ValueError, match="taylor"):
-        prune_student(_model(), target_macs=0.5, importance="taylor")
+        prune_student(make_student(TINY), target_macs=0.5, importance="taylor")
     with pytest.raises(ValueError, match="exactly one"):
-        prune_student(_model(), target_macs=0.5, target_params=0.5)
+        prune_student(make_student(TINY), target_macs=0.5, target_params=0.5)
     with pytest.raises(ValueError, match="fraction"):
-        prune_student(_model(), target_macs=1.5)
+        prune_student(make_student(TINY), target_macs=1.5)
 
 
 def test_schedule_is_linear_in_the_kept_fraction():
@@ -92,8 +81,8 @@ def test_schedule_is_linear_in_the_kept_fraction():
     assert np.allclose(schedule(0.4, 3), [0.8, 0.6, 0.4])
 
 
-def test_pruned_state_dict_rebuilds_the_same_network():
-    model = _model()
+def test_pruned_state_dict_rebuilds_the_same_network(make_student):
+    model = make_student(TINY)
     prune_student(model, target_macs=0.5)
     again = rebuild_pruned(TINY.name, model.state_dict()).eval()
     assert channel_counts(again) == channel_counts(model)
@@ -148,10 +137,10 @@ def test_cli_prune_then_export(checkpoint, tmp_path, capsys):
     assert "training folder" in capsys.readouterr().err
 
 
-def test_counter_matches_a_real_forward_count():
+def test_counter_matches_a_real_forward_count(make_student):
     from edgecut.compress.prune import _Counter
 
-    model = _model()
+    model = make_student(TINY)
     counter = _Counter(model)
     prune_student(model, target_macs=0.7)
     assert counter.counts() == Counts.of(model)
