@@ -13,7 +13,6 @@ upsampling and encode often do). Each stage is timed exactly as `edgecut remove`
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -30,7 +29,6 @@ def profile_once(session, photo: Path) -> Dict[str, float]:
     from ..runtime.imageio import load_image
     from ..runtime.upsample import upsample_alpha
 
-    workers = session.threads or min(4, os.cpu_count() or 1)   # as Session.alpha
     t = [time.perf_counter()]
     rgb = load_image(photo)
     t.append(time.perf_counter())
@@ -38,7 +36,7 @@ def profile_once(session, photo: Path) -> Dict[str, float]:
     t.append(time.perf_counter())
     low = session.postprocess(session._backend.run(x))   # Session.infer without its preprocess
     t.append(time.perf_counter())
-    alpha = upsample_alpha(low, rgb, True, session.upsample, workers=workers)
+    alpha = upsample_alpha(low, rgb, True, session.upsample)
     t.append(time.perf_counter())
     rgba = to_rgba(rgb, alpha)
     t.append(time.perf_counter())

@@ -112,8 +112,7 @@ class Session:
     def alpha(self, rgb: PhotoLike, refine: bool = True) -> np.ndarray:
         """uint8 alpha (H, W) at the photo's full resolution, edge-snapped unless refine=False."""
         photo = _as_pil(rgb)
-        workers = self.threads or min(4, os.cpu_count() or 1)
-        return upsample_alpha(self.infer(photo), photo, refine, self.upsample, workers=workers)
+        return upsample_alpha(self.infer(photo), photo, refine, self.upsample)
 
 
 def new_session(model: Union[str, os.PathLike] = "default", **kw) -> Session:
