@@ -16,13 +16,13 @@ own pre-processing first, calibration through the runtime's preprocessing).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..runtime.manifest import Manifest
+from ..runtime.manifest import Manifest, sha256_of
 
 
 @dataclass
@@ -87,6 +87,10 @@ def layer_errors(fp32_folder, int8_folder, photos) -> list[LayerError]:
         cumulative = sqnr(match["float"], match["post_qdq"]) if "float" in match else None
         rows.append(LayerError(tensor, node.name if node else "", node.op_type if node else "input",
                                sqnr(pre, match["post_qdq"]), cumulative))
+    if not rows:
+        from ..runtime.errors import EdgecutError
+        raise EdgecutError(f"{int8_folder}: no tensor matches the fp32 model's; was it compacted "
+                           "(export.compact_onnx renames tensors)? Re-quantize with the report on")
     return sorted(rows, key=lambda r: r.local_db)
 
 
@@ -133,22 +137,26 @@ def quantize_model(fp32_folder, out_dir, name: str, photos, method: str = "minma
                    exclude: Sequence[str] = (), auto_exclude: int = 0, report_photos=None) -> QuantizeResult:
     """quantize_int8, optionally leaving the `auto_exclude` most sensitive activations in float
     (measured by a first full-int8 pass on `report_photos`), optionally with the per-layer report."""
-    from .export import quantize_int8
+    from .export import compact_onnx, quantize_int8
 
     fp32_folder = Path(fp32_folder)
     excluded = list(exclude)
     probe = report_photos or photos[:4]
     if auto_exclude > 0:
         with tempfile.TemporaryDirectory() as tmp:
-            first = quantize_int8(fp32_folder, tmp, name, photos, method, per_channel, excluded)
+            first = quantize_int8(fp32_folder, tmp, name, photos, method, per_channel, excluded, compact=False)
             worst = [e.tensor for e in layer_errors(fp32_folder, first, probe)[:auto_exclude]]
             with tempfile.TemporaryDirectory() as tmp2:
                 pre = _preprocessed(fp32_folder, Path(tmp2))
                 excluded += [n for n in nodes_touching(pre, worst) if n not in excluded]
-    folder = quantize_int8(fp32_folder, out_dir, name, photos, method, per_channel, excluded)
+    folder = quantize_int8(fp32_folder, out_dir, name, photos, method, per_channel, excluded,
+                           compact=not report_photos)
     errors = mae = None
     if report_photos:
         errors = layer_errors(fp32_folder, folder, report_photos)
+        compact_onnx(folder / "model.onnx", folder / "model.onnx")
+        manifest = Manifest.load(folder / "manifest.json")
+        replace(manifest, sha256=sha256_of(folder / "model.onnx")).save(folder / "manifest.json")
         mae = output_mae(fp32_folder, folder, report_photos)
     return QuantizeResult(folder, excluded, errors, mae)
 

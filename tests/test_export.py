@@ -5,7 +5,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from edgecut.compress.export import export_onnx, float_ops, quantize_int8  # noqa: E402
+from edgecut.compress.export import compact_onnx, export_onnx, float_ops, quantize_int8  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
 from edgecut.runtime.manifest import Manifest, sha256_of  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
@@ -65,6 +65,20 @@ def test_int8_runs_and_stays_close(exported, tmp_path):
     for p in photos:
         rgb = np.asarray(Image.open(p).convert("RGB"))
         assert np.abs(fp.infer(rgb) - i8.infer(rgb)).mean() < 0.03
+
+
+def test_compacting_changes_size_not_arithmetic(exported, tmp_path):
+    _, folder, out = exported
+    photos = _photos(tmp_path, 4)
+    full = quantize_int8(folder, out, "tiny-int8-names", photos, compact=False) / "model.onnx"
+    small = tmp_path / "compact.onnx"
+    compact_onnx(full, small)
+    assert small.stat().st_size < 0.95 * full.stat().st_size
+    import onnxruntime as ort
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (full, small))
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    assert [i.name for i in b.get_inputs()] == [i.name for i in a.get_inputs()]
+    assert np.array_equal(a.run(["alpha"], {"input": x})[0], b.run(["alpha"], {"input": x})[0])
 
 
 def test_float_ops_finds_unquantized_nodes(exported):

@@ -54,8 +54,8 @@ def test_report_names_real_tensors_worst_first(fp32, photos, tmp_path):
 
 
 def test_auto_exclude_leaves_the_worst_in_float(fp32, photos, tmp_path):
-    full = quantize_model(fp32, tmp_path, "full", photos)
-    worst = [e.tensor for e in layer_errors(fp32, full.folder, photos[:3])[:2]]
+    full = quantize_model(fp32, tmp_path, "full", photos, report_photos=photos[:3])
+    worst = [e.tensor for e in full.errors[:2]]
     mixed = quantize_model(fp32, tmp_path, "mixed", photos, auto_exclude=2, report_photos=photos[:3])
     assert mixed.excluded and set(mixed.excluded) == set(nodes_touching(fp32 / "model.onnx", worst))
     m = Manifest.load(mixed.folder / "manifest.json")
