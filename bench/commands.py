@@ -12,12 +12,32 @@ def register(sub) -> None:
     bench = p.add_subparsers(dest="bench_command", metavar="WHAT")
     add_accuracy(bench)
     add_latency(bench)
+    add_report(bench)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    add_fetch_peer(sub)
+
+
+# --- fetch-peer ----------------------------------------------------------------------------------
+def add_fetch_peer(sub) -> None:
+    from .peers import PEERS
+
+    p = sub.add_parser("fetch-peer", help="download a peer model to benchmark against (e.g. MediaPipe Selfie)")
+    p.add_argument("name", choices=sorted(PEERS))
+    p.add_argument("--tarball", type=Path, metavar="TGZ", help="use an already downloaded `npm pack` tarball")
+    p.set_defaults(func=run_fetch_peer)
+
+
+def run_fetch_peer(args) -> int:
+    from .peers import PEERS, fetch_peer
+
+    d = fetch_peer(args.name, tarball=args.tarball)
+    print(f"{d}  ({PEERS[args.name].manifest.license}; use it as --model peer:{args.name})")
+    return 0
 
 
 def _common(p) -> None:
     p.add_argument("--model", action="append", metavar="M",
-                   help="embedded name, model file/folder, or teacher:SPEC; repeat for several "
+                   help="embedded name, model file/folder, teacher:SPEC or peer:NAME; repeat for several "
                         "(default: the default embedded model)")
     p.add_argument("--teacher-path", help="model file for teacher:SPEC models (e.g. ~/.u2net/u2net.onnx)")
     p.add_argument("--json", type=Path, metavar="OUT", help="results file (default runs/bench/<kind>-<time>.json)")
@@ -113,4 +133,43 @@ def run_latency(args) -> int:
                "models": results}
     out = report.write_json(args.json or report.default_json_path("latency"), payload)
     print(f"results: {out}")
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------
+def add_report(bench) -> None:
+    p = bench.add_parser("report", help="every model's size, latency and accuracy in one markdown table "
+                                        "and a Pareto plot (accuracy against latency)")
+    _common(p)
+    p.add_argument("--data", type=Path, help="bench folder with <set>/{images,masks} (default $EDGECUT_DATA/bench)")
+    p.add_argument("--sets", help="comma-separated set names (default: all)")
+    p.add_argument("--threads", type=_int_list, default=[1, 2], metavar="1,2",
+                   help="thread counts to time; the plot uses the first (default 1,2)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count (slow models: 3)")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="prediction cache, as for `bench accuracy`")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/report"), metavar="STEM",
+                   help="writes STEM.md, STEM.png and STEM.json (default runs/bench/report)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args) -> int:
+    from . import accuracy, compare, report
+
+    data = args.data or accuracy.default_data_dir()
+    sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
+    models = args.model or ["default"]
+    res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
+                               progress=not args.no_progress)
+    md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])
+    print(md)
+    stem = args.out
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_name(f".{stem.name}.md.tmp")
+    tmp.write_text(md)
+    tmp.replace(stem.with_suffix(".md"))
+    png = compare.plot(res["rows"], stem.with_suffix(".png"), args.threads[0])
+    out = report.write_json(args.json or stem.with_suffix(".json"),
+                            {**report.header("report", args), "data": str(data), **res})
+    print(f"table: {stem.with_suffix('.md')}\nplot: {png or 'skipped (pip install matplotlib, in edgecut[bench])'}"
+          f"\nresults: {out}")
     return 0

@@ -38,6 +38,7 @@ class LatencyConfig:
     teacher_path: Optional[str] = None
     measure_rss: bool = True
     profile: bool = False                     # also split one photo's time by stage (bench/profile.py)
+    end_to_end: bool = True                   # False: inference timings only (bench report)
 
 
 # --- model facts ---------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ def cli_model_arg(spec: str, session) -> Optional[str]:
     teacher folder that carries its own manifest."""
     from ..compress.teachers import TEACHER_PREFIX
 
+    if spec.startswith("peer:"):
+        return str(Path(session.model_path).parent)
     if not spec.startswith(TEACHER_PREFIX):
         return spec
     folder = Path(session.model_path).parent
@@ -166,6 +169,8 @@ def bench_model(spec: str, cfg: LatencyConfig, photo: Path) -> dict:
         if i > 0:
             session = open_model(spec, cfg.teacher_path, n)
         out["latency"][str(n)] = time_infer(session, cfg.runs, cfg.warmup)
+    if not cfg.end_to_end:
+        return out
     slow = out["latency"][str(cfg.threads[-1])]["p50_ms"] > SLOW_RUN_S * 1000
     out["end_to_end"] = time_end_to_end(session, photo, 1 if slow else min(3, cfg.runs))
     out["end_to_end"]["threads"] = cfg.threads[-1]

@@ -169,9 +169,14 @@ def resolve_teacher(teacher: str, path: Optional[str] = None) -> Teacher:
 
 def open_model(spec: str, teacher_path: Optional[str] = None, threads: Optional[int] = None):
     """A `--model` value as the benchmarks take it: `teacher:SPEC` (with --teacher-path) is a
-    teacher, anything else (embedded name, model file or folder) goes to the runtime as is."""
+    teacher, `peer:NAME` a fetched peer (bench/peers.py), anything else (embedded name, model file or folder) goes to the runtime as is."""
+    from ..runtime.session import Session
+
     if spec.startswith(TEACHER_PREFIX):
         return resolve_teacher(spec, teacher_path).session(threads)
-    from ..runtime.session import Session
+    if spec.startswith("peer:"):
+        from ..bench.peers import resolve_peer
+
+        return Session(str(resolve_peer(spec)), threads=threads)
 
     return Session(spec, threads=threads)

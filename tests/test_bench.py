@@ -112,3 +112,16 @@ def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir)
     other = tmp_path / "other.onnx"
     other.write_bytes(model_file.read_bytes() + b"x")
     assert PredictionCache(tmp_path, other).get("s", Path("a b.jpg")) is None
+
+
+def test_bench_report_writes_table_plot_and_json(tiny_model_dir, fake_bench, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    stem = tmp_path / "rep" / "report"
+    rc = main(["bench", "report", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+               "--threads", "1", "--runs", "2", "--out", str(stem), "--no-progress"])
+    assert rc == 0
+    md = stem.with_suffix(".md").read_text()
+    assert "IoU grabcut" in md and "| **tiny** |" in md   # a lone model is its own Pareto front
+    assert stem.with_suffix(".png").stat().st_size > 1000
+    [row] = json.loads(stem.with_suffix(".json").read_text())["rows"]
+    assert row["iou"]["grabcut"] > 0.8 and row["p50_ms"]["1"] > 0 and row["people_iou"] is None
