@@ -13,6 +13,7 @@ def register(sub) -> None:
     add_accuracy(bench)
     add_latency(bench)
     add_report(bench)
+    add_agree(bench)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     add_fetch_peer(sub)
 
@@ -173,3 +174,40 @@ def run_report(args) -> int:
     print(f"table: {stem.with_suffix('.md')}\nplot: {png or 'skipped (pip install matplotlib, in edgecut[bench])'}"
           f"\nresults: {out}")
     return 0
+
+
+# --- agree -----------------------------------------------------------------------------------------
+def add_agree(bench) -> None:
+    p = bench.add_parser("agree", help="alpha difference between a reference model and others on the bench "
+                                       "photos (ONNX vs TFLite, fp32 vs int8)")
+    _common(p)
+    p.add_argument("--reference", required=True, metavar="M", help="the model the others are compared with")
+    p.add_argument("--data", type=Path, help="bench folder with <set>/{images,masks} (default $EDGECUT_DATA/bench)")
+    p.add_argument("--sets", help="comma-separated set names (default: all)")
+    p.add_argument("--limit", type=int, help="at most N images per set")
+    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--max-mean", type=float, metavar="STEPS",
+                   help="exit 1 when a model's mean difference over all photos exceeds this (in 1/255)")
+    p.set_defaults(func=run_agree)
+
+
+def run_agree(args) -> int:
+    from . import accuracy, agreement, report
+
+    if not args.model:
+        raise EdgecutError("bench agree: name the models to compare with --model (and --reference)")
+    data = args.data or accuracy.default_data_dir()
+    sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
+    results = agreement.run_agreement(args.reference, args.model, sets, args.limit, args.threads,
+                                      args.teacher_path, progress=not args.no_progress)
+    print(agreement.results_table(results))
+    out = report.write_json(args.json or report.default_json_path("agree"),
+                            {**report.header("agree", args), "data": str(data), "limit": args.limit,
+                             "units": "1/255 of alpha", "models": results})
+    print(f"results: {out}")
+    worse = [r["model"]["name"] for r in results
+             if args.max_mean is not None and (r["all"]["mean"] is None or r["all"]["mean"] > args.max_mean)]
+    if worse:
+        print(f"beyond --max-mean {args.max_mean}: {', '.join(worse)}")
+    failed = sum(len(s["failed"]) for r in results for s in r["sets"].values())
+    return 1 if worse or failed else 0

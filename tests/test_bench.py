@@ -125,3 +125,24 @@ def test_bench_report_writes_table_plot_and_json(tiny_model_dir, fake_bench, tmp
     assert stem.with_suffix(".png").stat().st_size > 1000
     [row] = json.loads(stem.with_suffix(".json").read_text())["rows"]
     assert row["iou"]["grabcut"] > 0.8 and row["p50_ms"]["1"] > 0 and row["people_iou"] is None
+
+
+def test_bench_agree_is_zero_for_the_same_model_and_flags_a_different_one(tiny_model_dir, fake_bench,
+                                                                          tmp_path, capsys):
+    import dataclasses
+    import shutil
+
+    from edgecut.runtime.manifest import Manifest
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    m = Manifest.load(other / "manifest.json")
+    dataclasses.replace(m, output_activation="sigmoid").save(other / "manifest.json")   # squashes the alpha
+    out = tmp_path / "agree.json"
+    rc = main(["bench", "agree", "--data", str(fake_bench), "--reference", str(tiny_model_dir),
+               "--model", str(tiny_model_dir), "--model", str(other), "--json", str(out), "--no-progress",
+               "--max-mean", "0.5"])
+    assert rc == 1 and "beyond --max-mean 0.5: tiny" in capsys.readouterr().out
+    same, shifted = json.loads(out.read_text())["models"]
+    assert same["all"]["photos"] == 2 and same["all"]["mean"] == 0 and same["all"]["max"] == 0
+    assert shifted["all"]["mean"] > 0.5 and shifted["all"]["max"] >= shifted["all"]["p99"] > 0
