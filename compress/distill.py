@@ -103,21 +103,32 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "sets": sorted({p.set for p in pairs})}, indent=1))
 
     device = pick_device(cfg.device)
-    model = create_student(scfg).to(device, memory_format=torch.channels_last)  # ~1.3x faster on CPU
+    last = out / "last.pt"
+    start = last if last.exists() else (Path(cfg.init) if cfg.init else None)
+    ck = torch.load(start, map_location="cpu", weights_only=False) if start else None
+    # A pruned checkpoint (`edgecut compress prune`) carries its own channel counts: fine-tuning it
+    # here gets distill's resume, log and best.pt for the long recovery after pruning.
+    pruned = ck.get("pruned") if ck else None
+    if pruned:
+        from .prune import rebuild_pruned
+
+        model = rebuild_pruned(scfg, ck["model"])
+    else:
+        model = create_student(scfg)
+        if ck:
+            model.load_state_dict(ck["model"])
+    model = model.to(device, memory_format=torch.channels_last)  # ~1.3x faster on CPU
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
     aug_seed = cfg.seed
-    last = out / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
+    if start == last:
         opt.load_state_dict(ck["opt"])
         step, best = ck["step"], ck.get("best", -1.0)
         aug_seed = cfg.seed + step  # a fresh but reproducible augmentation stream after resume
         print(f"resumed from {last} at step {step}")
-    elif cfg.init:
-        model.load_state_dict(torch.load(cfg.init, map_location=device, weights_only=False)["model"])
-        print(f"initialised from {cfg.init}")
+    elif ck:
+        print(f"initialised from {cfg.init}" + (" (pruned)" if pruned else ""))
+    extra = {"pruned": pruned} if pruned else {}
 
     samples = load_all(train_pairs, progress=progress)
     held = load_all(held_pairs, progress=False)
@@ -156,13 +167,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             if not held or rec["holdout"]["iou"] > best:
                 best = rec["holdout"]["iou"] if held else best
                 _save_atomic({"model": model.state_dict(), "variant": cfg.variant, "step": step,
-                              "holdout": rec["holdout"]}, out / "best.pt")
+                              "holdout": rec["holdout"], **extra}, out / "best.pt")
         if step % 20 == 0 or "holdout" in rec:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                          "variant": cfg.variant}, last)
+                          "variant": cfg.variant, **extra}, last)
         if bar:
             bar.update(1)
             post = {"loss": f"{rec['loss']:.3f}", "img/s": f"{rec['img_s']:.1f}"}

@@ -150,3 +150,23 @@ def test_cli_lists_every_criterion():
     from edgecut.compress import compress_commands, prune
 
     assert compress_commands.IMPORTANCES == prune.IMPORTANCES
+
+
+def test_distill_fine_tunes_and_resumes_a_pruned_checkpoint(checkpoint, train_dir, tmp_path):
+    """The long recovery after pruning runs through `distill --init pruned.pt`: its checkpoints keep
+    the pruned shapes and record, so a stop resumes and export rebuilds the pruned network."""
+    from edgecut.compress.distill import TrainConfig, train
+
+    pruned = prune_checkpoint(checkpoint, tmp_path / "p", PruneConfig(target_macs=0.6), progress=False,
+                              log=lambda *_: None)
+    shapes = {k: v.shape for k, v in torch.load(pruned, weights_only=False)["model"].items()}
+    cfg = TrainConfig(variant=TINY.name, data=str(train_dir), out=str(tmp_path / "ft"), steps=2, batch_size=2,
+                      holdout=0.3, eval_every=1, ckpt_every=1, threads=1, init=str(pruned))
+    best = train(cfg, progress=False)
+    cfg.steps = 3                       # resume from last.pt (pruned shapes) for one more step
+    train(cfg, progress=False)
+    last = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)
+    assert last["step"] == 3 and last["pruned"]["target_macs"] == 0.6
+    assert {k: v.shape for k, v in last["model"].items()} == shapes
+    model, ck = load_student(best)
+    assert ck["pruned"] and Counts.of(model).macs <= 0.6 * Counts.of(load_student(checkpoint)[0]).macs
