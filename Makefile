@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 export EDGECUT_DATA := $(DATA)
 
-.PHONY: demo test install install-dev models bench-accuracy bench-latency label-clothing train-default export-default clean
+.PHONY: demo test install install-dev bench-accuracy bench-latency bench-report label-clothing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ bench-accuracy: $(VENV)/.dev
 
 bench-latency: $(VENV)/.dev
 	$(BIN)/edgecut bench latency --model edgecut-small --model teacher:isnet-imgly
+
+# Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
+REPORT_MODELS ?= edgecut-small edgecut-small-320 edgecut-small-fast runs/export/edgecut-small runs/export/edgecut-small-tflite \
+                 runs/export/edgecut-small-tflite-int8 teacher:isnet-imgly peer:mediapipe-selfie
+bench-report: $(VENV)/.dev
+	$(BIN)/edgecut fetch-peer mediapipe-selfie
+	$(BIN)/edgecut bench report --data $(DATA)/bench $(foreach m,$(REPORT_MODELS),--model $(m)) \
+	    --cache runs/cache/predictions --out bench/results/report
 
 label-clothing: $(VENV)/.dev
 	$(BIN)/edgecut fetch-teacher
