@@ -84,19 +84,19 @@ def plot(rows: List[dict], path: Path, threads: int = 1) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
     for ax, key, title in ((axes[0], "mean_iou", "mean IoU, all bench sets"),
                            (axes[1], "people_iou", f"mean IoU, people sets ({', '.join(PEOPLE_SETS)})")):
         pts = [(r["p50_ms"].get(str(threads)), r[key], r) for r in rows]
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
-        for t, acc, r in pts:
-            ax.scatter(t, acc, s=40, zorder=3)
-            ax.annotate(_label(r), (t, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        markers = "osD^vP*Xhp<>"   # students sit close together: colour and marker tell them apart
+        for k, (t, acc, r) in enumerate(pts):
+            ax.scatter(t, acc, s=45, zorder=3, marker=markers[k % len(markers)], label=_label(r))
         front = pareto_front([(t, acc) for t, acc, _ in pts])
         if front:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="gray",
                     zorder=2, label="Pareto front")
-            ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel(f"p50 inference at the model's resolution, {threads} thread(s) (ms, log)")
         ax.set_ylabel("IoU")
