@@ -154,6 +154,7 @@ def add_report(bench) -> None:
 
 
 def run_report(args) -> int:
+    from ..runtime.imageio import write_text_atomic
     from . import accuracy, compare, report
 
     data = args.data or accuracy.default_data_dir()
@@ -165,9 +166,7 @@ def run_report(args) -> int:
     print(md)
     stem = args.out
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_name(f".{stem.name}.md.tmp")
-    tmp.write_text(md)
-    tmp.replace(stem.with_suffix(".md"))
+    write_text_atomic(stem.with_suffix(".md"), md)
     png = compare.plot(res["rows"], stem.with_suffix(".png"), args.threads[0])
     out = report.write_json(args.json or stem.with_suffix(".json"),
                             {**report.header("report", args), "data": str(data), **res})

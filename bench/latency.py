@@ -9,7 +9,6 @@ process, the number that decides whether a phone or a small VM can run it.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import tempfile

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..runtime.imageio import write_text_atomic
 from ..runtime.manifest import sha256_of
 
 
@@ -83,10 +84,7 @@ def model_info(spec: str, session) -> dict:
 def write_json(path: Path, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def table(headers: Sequence[str], rows: List[Sequence], text_cols: int = 1, title: Optional[str] = None) -> str:

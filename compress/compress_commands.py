@@ -4,7 +4,6 @@ Only argparse at import time: torch, torch_pruning and onnxruntime's tools load 
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -119,6 +118,7 @@ def run_quantize(args) -> int:
     import json
 
     from ..runtime.errors import EdgecutError
+    from ..runtime.imageio import write_text_atomic
     from ..runtime.manifest import Manifest
 
     manifest_path = args.model_dir / "manifest.json"
@@ -154,9 +154,8 @@ def run_quantize(args) -> int:
         print(report_table(res.errors))
         print(f"alpha mean abs diff vs fp32 on {len(probe)} photos: {res.output_mae:.4f}")
         if args.report_json:
-            tmp = args.report_json.with_name(args.report_json.name + ".tmp")
-            tmp.write_text(json.dumps({"model": str(res.folder), "excluded": res.excluded,
-                                       "output_mae": res.output_mae, "layers": errors_json(res.errors)}, indent=1))
-            os.replace(tmp, args.report_json)
+            write_text_atomic(args.report_json, json.dumps({
+                "model": str(res.folder), "excluded": res.excluded, "output_mae": res.output_mae,
+                "layers": errors_json(res.errors)}, indent=1))
     print(f"int8: {res.folder}")
     return 0

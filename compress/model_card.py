@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runtime.imageio import write_text_atomic
 from ..runtime.manifest import Manifest
 
 
@@ -82,8 +83,4 @@ def write(folder, bench_json=None, command: str = "") -> Path:
     folder = Path(folder)
     manifest = Manifest.load(folder / "manifest.json")
     bench = json.loads(Path(bench_json).read_text()) if bench_json else None
-    out = folder / "MODEL_CARD.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(manifest, bench, command), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text_atomic(folder / "MODEL_CARD.md", render(manifest, bench, command))

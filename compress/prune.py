@@ -19,7 +19,6 @@ pruned checkpoint (export) needs no extra.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models.student import count_macs, count_params, create_student
+from ..runtime.imageio import write_text_atomic
 
 IMPORTANCES = ("l1", "l2", "taylor", "random", "bn")
 
@@ -345,9 +345,7 @@ def prune_checkpoint(checkpoint, out_dir, pcfg: PruneConfig, train_cfg=None, pro
         record["previous"] = ck["pruned"]
     _save_atomic({"model": model.state_dict(), "variant": ck["variant"], "step": ck.get("step"),
                   "holdout": holdout, "pruned": record}, out / "pruned.pt")
-    tmp = out / "prune.json.tmp"
-    tmp.write_text(json.dumps({**record, "channels": channel_counts(model)}, indent=1))
-    os.replace(tmp, out / "prune.json")
+    write_text_atomic(out / "prune.json", json.dumps({**record, "channels": channel_counts(model)}, indent=1))
     log(f"before: {base.macs / 1e6:.1f}M MACs, {base.params:,} params -> after: {counts.macs / 1e6:.1f}M MACs "
         f"({counts.macs / base.macs:.0%}), {counts.params:,} params ({counts.params / base.params:.0%})")
     return out / "pruned.pt"

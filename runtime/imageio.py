@@ -179,6 +179,16 @@ def _same_file(a, b) -> bool:
         return False
 
 
+def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write text via a temp file beside it + os.replace: a reader sees the old file or the new
+    one, never half of it (manifests, model cards, benchmark JSON and tables)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: Optional[str] = None,
                       *, inputs: Iterable = (), **params) -> Path:
     """Write via a temp file in the same folder + os.replace; refuse to replace any of `inputs`."""
