@@ -18,6 +18,7 @@ import torch
 from ..models.student import count_macs, count_params, create_student
 from ..models.variants import get_variant
 from .data import AugmentConfig, BatchAugmenter, eval_tensors, find_pairs, load_all, split_pairs
+from .export import student_from_checkpoint
 from .losses import distill_loss
 
 
@@ -109,14 +110,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # A pruned checkpoint (`edgecut compress prune`) carries its own channel counts: fine-tuning it
     # here gets distill's resume, log and best.pt for the long recovery after pruning.
     pruned = ck.get("pruned") if ck else None
-    if pruned:
-        from .prune import rebuild_pruned
-
-        model = rebuild_pruned(scfg, ck["model"])
-    else:
-        model = create_student(scfg)
-        if ck:
-            model.load_state_dict(ck["model"])
+    model = student_from_checkpoint(ck, scfg) if ck else create_student(scfg)
     model = model.to(device, memory_format=torch.channels_last)  # ~1.3x faster on CPU
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0

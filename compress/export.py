@@ -29,21 +29,28 @@ DEFAULT_LICENSE = ("code Apache-2.0; weights trained on research-use photos: res
                    "see MODEL_CARD.md")
 
 
-def load_student(checkpoint):
-    """A student from a distill checkpoint (best.pt / last.pt) or a pruned one (`edgecut compress
-    prune`: its tensor shapes carry the pruned channel counts), in eval mode."""
-    import torch
-
+def student_from_checkpoint(ck: dict, variant=None):
+    """The network of a loaded distill checkpoint, or of a pruned one (`edgecut compress prune`:
+    its tensor shapes carry the pruned channel counts), with its weights. `variant` (default: the
+    checkpoint's) lets a run start from another variant's weights, e.g. the same student at 320 px."""
     from ..models.student import create_student
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    variant = variant or ck["variant"]
     if ck.get("pruned"):
         from .prune import rebuild_pruned
 
-        return rebuild_pruned(ck["variant"], ck["model"]).eval(), ck
-    model = create_student(ck["variant"])
+        return rebuild_pruned(variant, ck["model"])
+    model = create_student(variant)
     model.load_state_dict(ck["model"])
-    return model.eval(), ck
+    return model
+
+
+def load_student(checkpoint):
+    """A student from a checkpoint file (best.pt / last.pt / pruned.pt), in eval mode."""
+    import torch
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return student_from_checkpoint(ck).eval(), ck
 
 
 def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFAULT_DATA,
