@@ -58,7 +58,7 @@ def _num(v, fmt: str) -> str:
 def markdown(rows: List[dict], threads: Sequence[int], sets: Sequence[str]) -> str:
     """The table, with the models on the all-sets Pareto front in bold."""
     points = [(r["p50_ms"].get(str(threads[0])), r["mean_iou"]) for r in rows]
-    front = set(pareto_front([p for p in points if None not in p])) if all(None not in p for p in points) else set()
+    front = set(pareto_front(points)) if all(None not in p for p in points) else set()
     head = (["Model", "Format", "Prec", "Size (MB)", "Params (M)", "GMACs"]
             + [f"p50 {n}t (ms)" for n in threads] + [f"IoU {s}" for s in sets] + ["mean IoU", "people IoU", "mean MAE"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]

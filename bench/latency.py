@@ -140,13 +140,12 @@ def peak_rss_mb(model_arg: str, photo: Path) -> Optional[float]:
 
 
 def cli_model_arg(spec: str, session) -> Optional[str]:
-    """What `edgecut remove --model` accepts for this model: anything but a teacher spec, or a
-    teacher folder that carries its own manifest."""
+    """What `edgecut remove --model` accepts for this model: anything but a teacher or peer spec,
+    or the folder of one that carries its own manifest (a fetched peer always does)."""
     from ..compress.teachers import TEACHER_PREFIX
+    from .peers import PEER_PREFIX
 
-    if spec.startswith("peer:"):
-        return str(Path(session.model_path).parent)
-    if not spec.startswith(TEACHER_PREFIX):
+    if not spec.startswith((TEACHER_PREFIX, PEER_PREFIX)):
         return spec
     folder = Path(session.model_path).parent
     return str(folder) if (folder / "manifest.json").is_file() else None

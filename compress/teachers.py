@@ -169,14 +169,13 @@ def resolve_teacher(teacher: str, path: Optional[str] = None) -> Teacher:
 
 def open_model(spec: str, teacher_path: Optional[str] = None, threads: Optional[int] = None):
     """A `--model` value as the benchmarks take it: `teacher:SPEC` (with --teacher-path) is a
-    teacher, `peer:NAME` a fetched peer (bench/peers.py), anything else (embedded name, model file or folder) goes to the runtime as is."""
+    teacher, `peer:NAME` a fetched peer (bench/peers.py), anything else (embedded name, model file
+    or folder) goes to the runtime as is."""
+    from ..bench.peers import PEER_PREFIX, resolve_peer
     from ..runtime.session import Session
 
     if spec.startswith(TEACHER_PREFIX):
         return resolve_teacher(spec, teacher_path).session(threads)
-    if spec.startswith("peer:"):
-        from ..bench.peers import resolve_peer
-
+    if spec.startswith(PEER_PREFIX):
         return Session(str(resolve_peer(spec)), threads=threads)
-
     return Session(spec, threads=threads)
