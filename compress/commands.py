@@ -91,6 +91,10 @@ def add_distill(sub) -> None:
     p.add_argument("--exclude", default="", metavar="DIR", help="never train on photos named as files in DIR")
     p.add_argument("--out", default=None, help="run folder for checkpoints and log (default runs/distill/VARIANT)")
     p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--minutes", type=float, default=0,
+                   help="fit the run into this many minutes: times the first steps, then sets --steps to match")
+    p.add_argument("--workers", type=int, default=0,
+                   help="augmentation worker processes (default 0: in-process, best on 2 cores; 8+ on a GPU box)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps before the cosine decay")
@@ -102,6 +106,7 @@ def add_distill(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
     p.add_argument("--init", default="", metavar="CKPT",
                    help="start from a checkpoint's weights with a fresh schedule (fine-tuning, a second cycle)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to files); log.jsonl has it all")
     p.set_defaults(func=run_distill)
 
 
@@ -117,8 +122,9 @@ def run_distill(args) -> int:
                       label_roots=tuple(args.label_root), exclude=exclude,
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                      threads=args.threads, device=args.device, init=args.init)
-    best = train(cfg)
+                      threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
+                      workers=args.workers)
+    best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
     return 0
 

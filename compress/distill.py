@@ -17,7 +17,7 @@ import torch
 
 from ..models.student import count_macs, count_params, create_student
 from ..models.variants import get_variant
-from .data import AugmentConfig, BatchAugmenter, eval_tensors, find_pairs, load_all, split_pairs
+from .data import AugmentConfig, batch_stream, eval_tensors, find_pairs, load_all, split_pairs
 from .export import student_from_checkpoint
 from .losses import distill_loss
 
@@ -31,6 +31,7 @@ class TrainConfig:
     exclude: tuple = ()              # photo file names never to train on (the repo's samples/)
     out: str = "runs/distill/edgecut-small"
     steps: int = 20000
+    minutes: float = 0.0             # > 0: fit the run into this many minutes (sets `steps` after a short probe)
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -41,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                 # 0: torch's default
     device: str = "auto"             # auto: cuda when torch sees a GPU, else cpu
+    workers: int = 0                 # augmentation worker processes (0: in the training process)
     init: str = ""                   # start from these weights (a best.pt/last.pt), e.g. a second cycle
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -115,9 +117,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
     aug_seed = cfg.seed
+    budget_probe = cfg.minutes > 0
+    if budget_probe:
+        cfg.steps = 10**9  # fixed after the probe below
     if start == last:
         opt.load_state_dict(ck["opt"])
         step, best = ck["step"], ck.get("best", -1.0)
+        if ck.get("steps"):  # a time-budgeted run keeps the step count it fixed, so the schedule resumes
+            cfg.steps, budget_probe = ck["steps"], False
         aug_seed = cfg.seed + step  # a fresh but reproducible augmentation stream after resume
         print(f"resumed from {last} at step {step}")
     elif ck:
@@ -130,7 +137,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         ex, ey = eval_tensors(held, scfg.input_size, scfg.mean, scfg.std)
     else:  # too few photos for a held-out split: "best" is simply the latest
         print("warning: no held-out photos (raise --holdout or add photos); best.pt = latest")
-    aug = BatchAugmenter(samples, cfg.augment, scfg.mean, scfg.std, seed=aug_seed)
+    batches = batch_stream(samples, cfg.augment, scfg.mean, scfg.std, cfg.batch_size, seed=aug_seed,
+                           workers=cfg.workers, device=device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     print(f"{cfg.variant} on {device}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
           f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
 
@@ -139,37 +149,54 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="distill", unit="step")
+        bar = tqdm(total=None if budget_probe else cfg.steps, initial=step, desc="distill", unit="step")
     model.train()
-    t0, seen = time.time(), 0
+    t0, seen, first = time.time(), 0, step
+    t_probe = None  # --minutes: steps/s is timed from step first+20 (past start-up) ...
     while step < cfg.steps:
+        now = time.time()
+        if budget_probe and step == first + 20:
+            t_probe = now
+        elif t_probe and budget_probe and (step >= first + 300 or now - t0 > cfg.minutes * 6):
+            # ... to step first+300 or a tenth of the budget, then the cosine schedule gets its length
+            rate = (step - first - 20) / (now - t_probe)
+            cfg.steps, budget_probe = step + max(1, int(rate * (cfg.minutes * 60 - (now - t0)))), False
+            print(f"--minutes {cfg.minutes:g}: {rate:.2f} steps/s, so {cfg.steps} steps in all")
+            if bar:
+                bar.total = cfg.steps
+        elif cfg.minutes and now - t0 > cfg.minutes * 66 and step + 1 < cfg.steps:
+            cfg.steps = step + 1  # 10% over budget (slower than probed): finish with a last eval and save
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        x, y = aug.batch(cfg.batch_size)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        y = y.to(device)
+        x, y = next(batches)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
         loss, parts = distill_loss(model.forward_logits(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         seen += len(x)
-        rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-               "lr": opt.param_groups[0]["lr"], "img_s": seen / (time.time() - t0)}
+        logging = step % 20 == 0 or step % cfg.eval_every == 0 or step == cfg.steps
+        rec = {}
+        if logging:  # .item() waits for the GPU: only on the steps that log
+            rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+                   "lr": opt.param_groups[0]["lr"], "img_s": seen / (time.time() - t0)}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             rec["holdout"] = evaluate(model, ex, ey) if held else {"iou": float("nan"), "mae": float("nan")}
             if not held or rec["holdout"]["iou"] > best:
                 best = rec["holdout"]["iou"] if held else best
                 _save_atomic({"model": model.state_dict(), "variant": cfg.variant, "step": step,
                               "holdout": rec["holdout"], **extra}, out / "best.pt")
-        if step % 20 == 0 or "holdout" in rec:
+        if logging:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                          "variant": cfg.variant, **extra}, last)
+                          "steps": cfg.steps if cfg.minutes else None, "variant": cfg.variant, **extra}, last)
         if bar:
             bar.update(1)
+        if bar and logging:
             post = {"loss": f"{rec['loss']:.3f}", "img/s": f"{rec['img_s']:.1f}"}
             if "holdout" in rec:
                 post["held_iou"] = f"{rec['holdout']['iou']:.3f}"

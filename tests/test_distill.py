@@ -7,7 +7,8 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from edgecut.compress.data import AugmentConfig, BatchAugmenter, find_pairs, load_all, split_pairs  # noqa: E402
+from edgecut.compress.data import (AugmentConfig, BatchAugmenter, batch_stream, find_pairs, is_holdout,  # noqa: E402
+                                   load_all, split_pairs)
 from edgecut.compress.distill import TrainConfig, train  # noqa: E402
 from edgecut.compress.losses import distill_loss  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
@@ -49,6 +50,39 @@ def test_holdout_split_is_stable(train_dir):
     t2, h2 = split_pairs(list(reversed(pairs)), 0.3)
     assert {p.image for p in h1} == {p.image for p in h2}
     assert len(t1) + len(h1) == len(pairs) and h1
+
+
+def test_packed_copy_keeps_pairs_and_split(train_dir, tmp_path):
+    """scripts/pack_data.py's layout: WebP photos and lossless WebP alphas under the same stems are
+    found, and every photo stays on its side of the held-out split."""
+    packed = tmp_path / "packed"
+    for p in find_pairs(train_dir):
+        kind = "masks" if p.human else "teacher"
+        (packed / p.set / "images").mkdir(parents=True, exist_ok=True)
+        (packed / p.set / kind).mkdir(exist_ok=True)
+        Image.open(p.image).save(packed / p.set / "images" / (p.image.stem + ".webp"), quality=60)
+        Image.open(p.alpha).save(packed / p.set / kind / (p.image.stem + ".webp"), lossless=True)
+    orig, new = find_pairs(train_dir), find_pairs(packed)
+    assert [(p.set, p.image.stem, p.human) for p in orig] == [(p.set, p.image.stem, p.human) for p in new]
+    assert [is_holdout(p, 0.3) for p in orig] == [is_holdout(p, 0.3) for p in new]
+    a, b = load_all(orig[:1], progress=False)[0][1], load_all(new[:1], progress=False)[0][1]
+    assert torch.equal(a, b)  # lossless alpha
+
+
+def test_worker_batches_are_reproducible(train_dir):
+    samples = load_all(find_pairs(train_dir), progress=False)
+    cfg = AugmentConfig(size=32)
+
+    def first(workers):
+        it = batch_stream(samples, cfg, (0.5,) * 3, (0.5,) * 3, batch_size=3, seed=5, workers=workers)
+        return [next(it) for _ in range(4)]
+
+    a, b = first(2), first(2)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert a[0][0].shape == (3, 3, 32, 32)
+    # worker 0 draws the in-process stream, worker 1 its own: batches 0 and 1 differ
+    inproc = first(0)
+    assert torch.equal(a[0][0], inproc[0][0]) and not torch.equal(a[0][0], a[1][0])
 
 
 def test_augmenter_shapes_ranges_and_determinism(train_dir):
@@ -141,3 +175,15 @@ def test_calibration_folds_exactly_into_the_head(train_dir, tmp_path):
     assert report["photos_fit"] >= 1 and report["photos_checked"] >= 1
     # The fitted BCE can only improve on the fit half; on the check half the numbers are reported, not asserted.
     assert set(report["after"]) == {"iou", "mae"} and 0 <= report["after"]["mae"] <= 1
+
+
+def test_minutes_budget_sizes_the_run_and_resumes_with_it(train_dir, tmp_path):
+    out = tmp_path / "timed"
+    cfg = TrainConfig(variant="test-distill", data=str(train_dir), out=str(out), minutes=0.05, batch_size=2,
+                      warmup=1, eval_every=10**6, ckpt_every=5, holdout=0.3, threads=1)
+    train(cfg, progress=False)
+    last = torch.load(out / "last.pt", weights_only=False)
+    assert 21 <= last["step"] == last["steps"] < 10**9  # past the probe, then stopped by the budget
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "holdout" in log[-1]  # the last step still evaluates and saves best.pt
+    assert (out / "best.pt").exists()

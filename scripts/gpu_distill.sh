@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Distill several students at once on one rented GPU machine, each inside a fixed time budget.
+#
+# Why this shape: such a machine is lent for minutes and takes only a few tens of MB along, so the
+# photos travel packed (scripts/pack_data.py), every run is sized by `distill --minutes`, and the
+# best checkpoints and logs are copied to $OUT every 30 s: a cut-off call still brings them back.
+# The students augment on the GPU (the photos fit in its memory); a run that fails is retried
+# once with CPU augmentation workers for the time left.
+#
+#   MINUTES=8 OUT=/tmp/out scripts/gpu_distill.sh small-c4 "--variant edgecut-small --init ckpt.pt" medium "--variant edgecut-medium"
+set -u
+MIN=${MINUTES:-8}
+OUT=${OUT:-runs/gpu}
+DATA=${DATA:-.pack/train}
+PY=${PY:-python3}
+work=${WORK:-/tmp/edgecut-gpu}
+mkdir -p "$work/pkg" "$OUT"
+ln -sfn "$PWD" "$work/pkg/edgecut"   # the repo root is the package `edgecut`
+export PYTHONPATH="$work/pkg" PYTHONUNBUFFERED=1
+end=$(( $(date +%s) + ${MIN%.*} * 60 ))
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+distill() {  # name, minutes, extra args...
+    local name=$1 minutes=$2; shift 2
+    "$PY" -m edgecut.cli distill --data "$DATA" --out "$work/$name" --minutes "$minutes" --no-progress "$@" \
+        >> "$work/$name.out" 2>&1
+}
+
+run_one() {  # name, args
+    local name=$1 args=$2
+    # shellcheck disable=SC2086
+    distill "$name" "$MIN" $args && return
+    local left=$(( (end - $(date +%s)) / 60 ))
+    echo "$name: failed; retrying with 4 CPU augmentation workers for ${left} min" >> "$work/$name.out"
+    rm -rf "${work:?}/$name"
+    [ "$left" -ge 1 ] && distill "$name" "$left" $args --workers 4
+}
+
+copy_back() {
+    for d in "$work"/*/; do
+        local name; name=$(basename "$d")
+        [ "$name" = pkg ] && continue
+        mkdir -p "$OUT/$name"
+        for f in best.pt log.jsonl; do [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$name/$f.tmp" && mv "$OUT/$name/$f.tmp" "$OUT/$name/$f"; done
+    done
+    tail -n 5 "$work"/*.out > "$OUT/stdout.txt" 2>/dev/null
+}
+
+pids=()
+while [ $# -ge 2 ]; do
+    run_one "$1" "$2" &
+    pids+=($!)
+    shift 2
+done
+tick=0
+while kill -0 "${pids[@]}" 2>/dev/null; do  # kill -0 of several pids: true while any one runs
+    sleep 2; tick=$((tick + 1)); [ $((tick % 15)) -eq 0 ] && copy_back
+done
+wait
+copy_back
+cat "$work"/*.out
