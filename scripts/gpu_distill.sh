@@ -2,7 +2,7 @@
 # Distill several students at once on one rented GPU machine, each inside a fixed time budget.
 #
 # Why this shape: such a machine is lent for minutes and takes only a few tens of MB along, so the
-# photos travel packed (scripts/pack_data.py), every run is sized by `distill --minutes`, and the
+# photos travel packed (scripts/pack_data.py, then `tar czf train.tgz -C PACKED train`), every run is sized by `distill --minutes`, and the
 # best checkpoints and logs are copied to $OUT every 30 s: a cut-off call still brings them back.
 # The students augment on the GPU (the photos fit in its memory); a run that fails is retried
 # once with CPU augmentation workers for the time left.
@@ -17,6 +17,9 @@ work=${WORK:-/tmp/edgecut-gpu}
 mkdir -p "$work/pkg" "$OUT"
 ln -sfn "$PWD" "$work/pkg/edgecut"   # the repo root is the package `edgecut`
 export PYTHONPATH="$work/pkg" PYTHONUNBUFFERED=1
+if [[ $DATA == *.tgz ]]; then  # one tarball travels lighter than ~9,400 small files
+    mkdir -p "$work/data" && tar xzf "$DATA" -C "$work/data" && DATA="$work/data/$(tar tzf "$DATA" | head -1 | cut -d/ -f1)"
+fi
 end=$(( $(date +%s) + ${MIN%.*} * 60 ))
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
