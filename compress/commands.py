@@ -149,6 +149,8 @@ def add_export(sub) -> None:
                    help="summary table: also IoU on N images of each $EDGECUT_DATA/bench set (default off)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a logit scale/shift on the run's held-out photos and fold it into the model")
+    p.add_argument("--heldout-data", metavar="DIR",
+                   help="with --calibrate: the run's training root here, if it trained elsewhere (a GPU box)")
     p.add_argument("--embed", action="store_true",
                    help="copy the result (int8 if made) into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
@@ -192,7 +194,10 @@ def run_export(args) -> int:
     if args.calibrate:
         from .calibrate import calibrate
 
-        extra["calibration"] = cal = calibrate(model, args.checkpoint.parent)
+        try:
+            extra["calibration"] = cal = calibrate(model, args.checkpoint.parent, args.heldout_data)
+        except FileNotFoundError as e:
+            raise EdgecutError(str(e)) from None
         print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
               f"{cal['shift']:+.3f}); on {cal['photos_checked']} others IoU {cal['before']['iou']:.4f} -> "
               f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")

@@ -7,6 +7,9 @@
 # The students augment on the GPU (the photos fit in its memory); a run that fails is retried
 # once with CPU augmentation workers for the time left.
 #
+# Back here: `tar xzf OUT/NAME.tgz -C runs/distill`, then
+# `edgecut export runs/distill/NAME/best.pt --calibrate --heldout-data ../shared/data/train ...`.
+#
 #   MINUTES=8 OUT=/tmp/out scripts/gpu_distill.sh small-c4 "--variant edgecut-small --init ckpt.pt" medium "--variant edgecut-medium"
 set -u
 MIN=${MINUTES:-8}
@@ -39,12 +42,12 @@ run_one() {  # name, args
     [ "$left" -ge 1 ] && distill "$name" "$left" $args --workers 4
 }
 
-copy_back() {
+copy_back() {  # one tarball per run (best.pt, log, config, split): few files travel back
     for d in "$work"/*/; do
         local name; name=$(basename "$d")
-        [ "$name" = pkg ] && continue
-        mkdir -p "$OUT/$name"
-        for f in best.pt log.jsonl; do [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$name/$f.tmp" && mv "$OUT/$name/$f.tmp" "$OUT/$name/$f"; done
+        case $name in pkg|data) continue;; esac
+        tar czf "$OUT/$name.tgz.tmp" -C "$work" --exclude=last.pt --exclude='*.tmp' "$name" 2>/dev/null \
+            && mv "$OUT/$name.tgz.tmp" "$OUT/$name.tgz"
     done
     tail -n 5 "$work"/*.out > "$OUT/stdout.txt" 2>/dev/null
 }

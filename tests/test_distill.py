@@ -173,8 +173,26 @@ def test_calibration_folds_exactly_into_the_head(train_dir, tmp_path):
     train(cfg, progress=False)
     report = calibrate(create_student("test-distill"), run)
     assert report["photos_fit"] >= 1 and report["photos_checked"] >= 1
-    # The fitted BCE can only improve on the fit half; on the check half the numbers are reported, not asserted.
+    # The fit can only improve on the fit half; on the check half the numbers are reported, not asserted.
     assert set(report["after"]) == {"iou", "mae"} and 0 <= report["after"]["mae"] <= 1
+    # A run trained elsewhere: its data path is not here until given.
+    conf = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**conf, "data": "/gpu-box/data/train"}))
+    with pytest.raises(FileNotFoundError, match="heldout-data"):
+        calibrate(create_student("test-distill"), run)
+    assert calibrate(create_student("test-distill"), run, data=train_dir)["photos_fit"] >= 1
+
+
+def test_calibration_fit_finds_a_known_logit_shift():
+    from edgecut.compress.calibrate import fit
+
+    y = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+
+    class Biased(torch.nn.Module):  # logits 2 too high: too much foreground, as composites teach
+        def forward_logits(self, x):
+            return torch.logit(y) + 2
+
+    assert fit(Biased(), torch.zeros(6), y) == (1.0, -2.0)
 
 
 def test_minutes_budget_sizes_the_run_and_resumes_with_it(train_dir, tmp_path):
