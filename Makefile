@@ -36,10 +36,12 @@ test: $(VENV)/.dev
 
 # --- the commands behind the shipped model and the README's tables (long: run by hand) ---------
 bench-accuracy: $(VENV)/.dev
-	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-small --model teacher:isnet-imgly
+	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-medium --model edgecut-small --model teacher:isnet-imgly \
+	    --cache runs/cache/predictions --threads 1 --json bench/results/accuracy-default.json
 
 bench-latency: $(VENV)/.dev
-	$(BIN)/edgecut bench latency --model edgecut-small --model teacher:isnet-imgly
+	$(BIN)/edgecut bench latency --model edgecut-medium --model edgecut-small --model teacher:isnet-imgly \
+	    --profile --json bench/results/latency-default.json
 
 # Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
 REPORT_MODELS ?= edgecut-small edgecut-small-320 edgecut-small-fast runs/export/edgecut-small runs/export/edgecut-small-tflite \
