@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .runtime.imageio import reuse_image_memory
+
+    reuse_image_memory()
     try:
         return int(args.func(args) or 0)
     except EdgecutError as e:

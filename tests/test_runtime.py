@@ -425,3 +425,18 @@ def test_remove_caches_one_session_per_model(tiny_model_dir, photo_path):
     s1 = get_session(str(tiny_model_dir))
     assert get_session(str(tiny_model_dir)) is s1
     assert remove(photo_path, model=str(tiny_model_dir)).mode == "RGBA"
+
+
+def test_reuse_image_memory_keeps_blocks_unless_the_user_chose(monkeypatch):
+    from edgecut.runtime.imageio import reuse_image_memory
+
+    before = Image.core.get_blocks_max()
+    try:
+        monkeypatch.delenv("PILLOW_BLOCKS_MAX", raising=False)
+        reuse_image_memory(12)
+        assert Image.core.get_blocks_max() == 12
+        monkeypatch.setenv("PILLOW_BLOCKS_MAX", "3")
+        reuse_image_memory(40)
+        assert Image.core.get_blocks_max() == 12  # the user's setting is left alone
+    finally:
+        Image.core.set_blocks_max(before)
