@@ -44,8 +44,10 @@ bench-latency: $(VENV)/.dev
 	    --profile --json bench/results/latency-default.json
 
 # Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
-REPORT_MODELS ?= edgecut-small edgecut-small-320 edgecut-small-fast runs/export/edgecut-small runs/export/edgecut-small-tflite \
-                 runs/export/edgecut-small-tflite-int8 teacher:isnet-imgly peer:mediapipe-selfie
+REPORT_MODELS ?= edgecut-medium runs/export/edgecut-medium edgecut-small \
+                 runs/export/edgecut-medium-pruned-int8 runs/export/edgecut-medium-pruned \
+                 runs/export/edgecut-medium-tflite runs/export/edgecut-medium-tflite-int8 \
+                 teacher:isnet-imgly peer:mediapipe-selfie
 bench-report: $(VENV)/.dev
 	$(BIN)/edgecut fetch-peer mediapipe-selfie
 	$(BIN)/edgecut bench report --data $(DATA)/bench $(foreach m,$(REPORT_MODELS),--model $(m)) \
