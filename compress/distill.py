@@ -17,7 +17,14 @@ import torch
 
 from ..models.student import count_macs, count_params, create_student
 from ..models.variants import get_variant
-from .data import AugmentConfig, batch_stream, eval_tensors, find_pairs, load_all, split_pairs
+from .data import (
+    AugmentConfig,
+    batch_stream,
+    eval_tensors,
+    find_pairs,
+    load_all,
+    split_pairs,
+)
 from .export import student_from_checkpoint
 from .losses import distill_loss
 

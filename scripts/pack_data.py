@@ -11,14 +11,12 @@ the same, so `find_pairs` and the stem-keyed held-out split see the same photos.
 from __future__ import annotations
 
 import argparse
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from edgecut.compress.data import find_pairs
+from PIL import Image
 
 
 def pack_one(pair, out: Path, side: int, quality: int, levels: int) -> int:

@@ -7,8 +7,15 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from edgecut.compress.data import (AugmentConfig, BatchAugmenter, batch_stream, find_pairs, is_holdout,  # noqa: E402
-                                   load_all, split_pairs)
+from edgecut.compress.data import (  # noqa: E402
+    AugmentConfig,
+    BatchAugmenter,
+    batch_stream,
+    find_pairs,
+    is_holdout,
+    load_all,
+    split_pairs,
+)
 from edgecut.compress.distill import TrainConfig, train  # noqa: E402
 from edgecut.compress.losses import distill_loss  # noqa: E402
 from edgecut.models.variants import StudentConfig, register  # noqa: E402
