@@ -1,8 +1,8 @@
 """Distillation data: (photo, alpha) pairs from image folders, held in memory, augmented in batches.
 
 Why in memory and in torch: on a 2-core machine a DataLoader's worker processes steal the cores
-the training step needs; 4,700 photos at 320 px fit in ~1 GB, and batch augmentation in torch costs
-a few ms per step.
+the training step needs; 4,700 photos at 320 px fit in ~1 GB, and batched augmentation in torch
+costs ~5 ms per photo on one core (on a GPU machine, `batch_stream` can still hand it to workers).
 
 Folder layout (as in ../shared/data/train): <set>/images/<id>.jpg with the alpha for it in
 <set>/masks/<id>.png (human, preferred) or <set>/teacher/<id>.png (teacher); alphas may also be
