@@ -67,8 +67,9 @@ def split_pairs(pairs, fraction: float = 0.03):
     return train, held
 
 
-def load_pair(pair: Pair, max_side: int = 320):
-    """-> (uint8 3,H,W image tensor, uint8 1,H,W alpha tensor), long side at most max_side."""
+def open_pair(pair: Pair, max_side: int = 320, resample=Image.BILINEAR):
+    """-> (RGB photo, L alpha) as PIL images of one size, long side at most max_side; `resample`
+    is the photo's filter when shrinking (the alpha is always bilinear)."""
     img = Image.open(pair.image).convert("RGB")
     alpha = Image.open(pair.alpha).convert("L")
     if alpha.size != img.size:
@@ -76,7 +77,13 @@ def load_pair(pair: Pair, max_side: int = 320):
     scale = max_side / max(img.size)
     if scale < 1:
         size = (round(img.width * scale), round(img.height * scale))
-        img, alpha = img.resize(size, Image.BILINEAR), alpha.resize(size, Image.BILINEAR)
+        img, alpha = img.resize(size, resample), alpha.resize(size, Image.BILINEAR)
+    return img, alpha
+
+
+def load_pair(pair: Pair, max_side: int = 320):
+    """-> (uint8 3,H,W image tensor, uint8 1,H,W alpha tensor), long side at most max_side."""
+    img, alpha = open_pair(pair, max_side)
     im = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
     al = torch.from_numpy(np.asarray(alpha).copy())[None]
     return im, al

@@ -70,19 +70,25 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def alpha_scores(p, t):
+    """Per-image IoU (alpha >= 0.5, as the benchmark scores it; 1 when both are empty) and MAE of
+    alphas p against targets t, both B,1,H,W."""
+    pb, tb = p >= 0.5, t >= 0.5
+    inter = (pb & tb).sum((1, 2, 3)).float()
+    union = (pb | tb).sum((1, 2, 3)).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return iou, (p - t).abs().mean((1, 2, 3))
+
+
 @torch.no_grad()
 def evaluate(model, x, y, batch: int = 32) -> dict:
     model.eval()
     device = next(model.parameters()).device
     ious, maes = [], []
     for i in range(0, len(x), batch):
-        p = model(x[i:i + batch].to(device))
-        t = y[i:i + batch].to(device)
-        pb, tb = p >= 0.5, t >= 0.5
-        inter = (pb & tb).sum((1, 2, 3)).float()
-        union = (pb | tb).sum((1, 2, 3)).float()
-        ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
-        maes.append((p - t).abs().mean((1, 2, 3)))
+        iou, mae = alpha_scores(model(x[i:i + batch].to(device)), y[i:i + batch].to(device))
+        ious.append(iou)
+        maes.append(mae)
     model.train()
     return {"iou": float(torch.cat(ious).mean()), "mae": float(torch.cat(maes).mean())}
 

@@ -15,19 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from edgecut.compress.data import find_pairs
+from edgecut.compress.data import find_pairs, open_pair
 from PIL import Image
 
 
 def pack_one(pair, out: Path, side: int, quality: int, levels: int) -> int:
-    img = Image.open(pair.image).convert("RGB")
-    alpha = Image.open(pair.alpha).convert("L")
-    if alpha.size != img.size:
-        alpha = alpha.resize(img.size, Image.BILINEAR)
-    scale = side / max(img.size)
-    if scale < 1:
-        size = (round(img.width * scale), round(img.height * scale))
-        img, alpha = img.resize(size, Image.LANCZOS), alpha.resize(size, Image.BILINEAR)
+    img, alpha = open_pair(pair, side, Image.LANCZOS)
     if levels:
         step = 255 / (levels - 1)
         alpha = Image.fromarray((np.round(np.asarray(alpha) / step) * step).round().astype(np.uint8))
