@@ -63,7 +63,7 @@ clean:
 # --- 64-bit ARM under emulation (Raspberry Pi 4/5): needs root and Debian's package registry ----
 # Builds .cache/arm64/rootfs once (debootstrap + qemu-user-static, ~5 min), then installs the
 # project's wheel there from PyPI's aarch64 wheels, cuts out samples/ and compares the alphas with
-# x86 (mean <= 1/255, max <= 8/255). MODEL=name-or-folder picks the model (default: the default).
+# x86 (mean <= 1/255, max <= 8/255). MODEL=name-or-folder picks one model (default: every embedded model).
 .PHONY: arm-check
 arm-check: $(VENV)/.base
 	$(BIN)/python scripts/arm_check.py $(if $(MODEL),--model $(MODEL))

@@ -145,6 +145,8 @@ def add_export(sub) -> None:
     p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="onnx int8 calibration (tflite int8 uses PT2E histogram observers)")
+    p.add_argument("--not-portable", action="store_true",
+                   help="onnx int8 without the exact-arithmetic constraints (see `edgecut compress quantize`)")
     p.add_argument("--quick-iou", type=int, default=0, metavar="N",
                    help="summary table: also IoU on N images of each $EDGECUT_DATA/bench set (default off)")
     p.add_argument("--calibrate", action="store_true",
@@ -207,7 +209,8 @@ def run_export(args) -> int:
         print(f"fp32: {fp32}")
         rows.append({"format": "onnx", "precision": "fp32", "status": "ok", "folder": fp32})
         if args.int8:
-            q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method)
+            q = quantize_int8(fp32, args.out, f"{args.name}-int8", photos, method=args.calib_method,
+                              portable=not args.not_portable)
             print(f"int8: {q}")
             rows.append({"format": "onnx", "precision": "int8", "status": "ok", "folder": q})
     else:

@@ -103,6 +103,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation range calibration")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
+    p.add_argument("--not-portable", action="store_true",
+                   help="plain quantize_static: int8 Resize and per-tensor Add scales; a little more accurate, "
+                        "but x86 and ARM alphas may differ (default: exact, same on both)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="ONNX node names to leave in float")
     p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
                    help="mixed precision: leave the K activations with the worst int8 SQNR in float")
@@ -145,7 +148,8 @@ def run_quantize(args) -> int:
     print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
           f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
     res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
-                         args.auto_exclude, probe if args.report or args.auto_exclude else None)
+                         args.auto_exclude, probe if args.report or args.auto_exclude else None,
+                         portable=not args.not_portable)
     q = Manifest.load(res.folder / "manifest.json")
     if res.excluded:
         print(f"left in float: {', '.join(res.excluded)}")

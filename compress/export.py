@@ -146,13 +146,18 @@ def compact_onnx(src, dst) -> None:
 
 
 def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax",
-                  per_channel: bool = True, exclude_nodes=(), compact: bool = True) -> Path:
+                  per_channel: bool = True, exclude_nodes=(), compact: bool = True, portable: bool = True) -> Path:
     """Static int8 (QDQ) copy of an exported fp32 folder -> <out_dir>/<name>/ (compact_onnx'd
-    unless `compact` is False: the per-layer report needs the original tensor names)."""
+    unless `compact` is False: the per-layer report needs the original tensor names).
+
+    `portable` (default) makes the int8 arithmetic exact, so x86 and ARM give the same alpha:
+    Resize in float and one scale per residual group (see portable.py). It costs one more
+    calibration pass over `photos`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..runtime.session import Session
+    from .portable import calibrated_ranges, residual_groups, resize_nodes, shared_scales
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -165,9 +170,15 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_folder / manifest.file), str(pre), skip_symbolic_shape=True)
         out = Path(tmp) / "model.onnx"
+        excluded, options, groups = list(exclude_nodes), {}, []
+        if portable:
+            excluded += [n for n in resize_nodes(pre) if n not in excluded]
+            groups = residual_groups(pre)
+            ranges = calibrated_ranges(pre, _PhotoReader(session, photos), methods[method])
+            options["TensorQuantOverrides"] = shared_scales(groups, ranges)
         quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=list(exclude_nodes))
+                        calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
         if compact:
             compact_onnx(out, out)
         out.replace(folder / "model.onnx")
@@ -176,25 +187,49 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                     "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                     "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
                     "calibration": method, "calibration_photos": len(photos),
+                    "portable": {"float_resize": True, "shared_scale_groups": len(groups),
+                                 "why": "exact int8 arithmetic: x86 and ARM give the same alpha"} if portable else False,
                     "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes)}})
     q.save(folder / "manifest.json")
     return folder
 
 
+# Ops that onnxruntime runs on uint8 only by dropping the DQ/Q pair around them, which it does
+# only when both carry the same scale and zero point; otherwise they run in float between the two.
+_DROP_QDQ_OPS = ("Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice")
+
+
 def float_ops(path) -> dict:
     """Op types that still compute in float in a QDQ model: those whose inputs are not all dequantized
-    int8 tensors (onnxruntime fuses DQ -> op -> Q into an integer kernel only in that case)."""
+    int8 tensors (onnxruntime fuses DQ -> op -> Q into an integer kernel only in that case), and
+    data-movement ops whose input and output quantization differ (see _DROP_QDQ_OPS)."""
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    producers = {o: n.op_type for n in graph.node for o in n.output}
-    weights = {i.name for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    weights = {i.name: i for i in graph.initializer}
+
+    def qparams(node) -> tuple:
+        return tuple(numpy_helper.to_array(weights[i]).tobytes() if i in weights else i for i in node.input[1:3])
+
     counts: dict = {}
     for n in graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         data_inputs = [i for i in n.input if i and i not in weights]
-        if not data_inputs or all(producers.get(i) == "DequantizeLinear" for i in data_inputs):
+        dq = [producers.get(i) for i in data_inputs]
+        if data_inputs and all(d is not None and d.op_type == "DequantizeLinear" for d in dq):
+            if n.op_type not in _DROP_QDQ_OPS:
+                continue
+            qs = [c for c in consumers.get(n.output[0], []) if c.op_type == "QuantizeLinear"]
+            if len(qs) == 1 and qparams(qs[0]) == qparams(dq[0]):
+                continue
+        elif not data_inputs:
             continue
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts

@@ -134,7 +134,8 @@ class QuantizeResult:
 
 
 def quantize_model(fp32_folder, out_dir, name: str, photos, method: str = "minmax", per_channel: bool = True,
-                   exclude: Sequence[str] = (), auto_exclude: int = 0, report_photos=None) -> QuantizeResult:
+                   exclude: Sequence[str] = (), auto_exclude: int = 0, report_photos=None,
+                   portable: bool = True) -> QuantizeResult:
     """quantize_int8, optionally leaving the `auto_exclude` most sensitive activations in float
     (measured by a first full-int8 pass on `report_photos`), optionally with the per-layer report."""
     from .export import compact_onnx, quantize_int8
@@ -144,13 +145,14 @@ def quantize_model(fp32_folder, out_dir, name: str, photos, method: str = "minma
     probe = report_photos or photos[:4]
     if auto_exclude > 0:
         with tempfile.TemporaryDirectory() as tmp:
-            first = quantize_int8(fp32_folder, tmp, name, photos, method, per_channel, excluded, compact=False)
+            first = quantize_int8(fp32_folder, tmp, name, photos, method, per_channel, excluded, compact=False,
+                                  portable=portable)
             worst = [e.tensor for e in layer_errors(fp32_folder, first, probe)[:auto_exclude]]
             with tempfile.TemporaryDirectory() as tmp2:
                 pre = _preprocessed(fp32_folder, Path(tmp2))
                 excluded += [n for n in nodes_touching(pre, worst) if n not in excluded]
     folder = quantize_int8(fp32_folder, out_dir, name, photos, method, per_channel, excluded,
-                           compact=not report_photos)
+                           compact=not report_photos, portable=portable)
     errors = mae = None
     if report_photos:
         errors = layer_errors(fp32_folder, folder, report_photos)
