@@ -31,6 +31,24 @@ def _calibration_line(m: Manifest):
             f"{cal['after']['iou']:.4f}")
 
 
+def _portable_line(q: dict):
+    p = q.get("portable")
+    if not p:
+        return None
+    return (f"- portable int8: Resize in float and {p.get('shared_scale_groups', '?')} residual groups on one "
+            "scale each, so the int8 arithmetic is exact: onnxruntime gives the same alpha on x86 and ARM "
+            "(`make arm-check`)")
+
+
+def _pruning_line(m: Manifest):
+    p = m.extra.get("pruned")
+    if not p:
+        return None
+    return (f"- pruned from `{p.get('source')}` ({p['base_macs'] / 1e6:.0f}M MACs, {p['base_params']:,} parameters) "
+            f"to {p['macs'] / 1e6:.0f}M MACs ({100 * (1 - p['macs'] / p['base_macs']):.0f}% fewer), "
+            f"{p.get('importance')} importance, channels rounded to {p.get('round_to')}, then recovered by distillation")
+
+
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:
     q = manifest.extra.get("quantization", {})
     lines = [
@@ -49,6 +67,8 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         "alpha in [0, 1]",
         f"- sha256: `{manifest.sha256}`",
         f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else "",
+        _portable_line(q),
+        _pruning_line(manifest),
         _training_line(manifest),
         _calibration_line(manifest),
         "",
