@@ -153,6 +153,8 @@ def add_export(sub) -> None:
                    help="fit a logit scale/shift on the run's held-out photos and fold it into the model")
     p.add_argument("--heldout-data", metavar="DIR",
                    help="with --calibrate: the run's training root here, if it trained elsewhere (a GPU box)")
+    p.add_argument("--notes", default="",
+                   help="how this model was made (training runs, hardware), kept in its manifest and model card")
     p.add_argument("--embed", action="store_true",
                    help="copy the result (int8 if made) into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
@@ -205,7 +207,7 @@ def run_export(args) -> int:
               f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     rows = []
     if args.format == "onnx":
-        fp32 = export_onnx(model, args.out, args.name, extra=extra)
+        fp32 = export_onnx(model, args.out, args.name, notes=args.notes, extra=extra)
         print(f"fp32: {fp32}")
         rows.append({"format": "onnx", "precision": "fp32", "status": "ok", "folder": fp32})
         if args.int8:
@@ -219,10 +221,11 @@ def run_export(args) -> int:
         if not available():
             raise EdgecutError(INSTALL_HINT)
         name = f"{args.name}-tflite"
-        rows.append(_attempt("tflite", "fp32", lambda: export_tflite(model, args.out, name, extra=extra)))
+        rows.append(_attempt("tflite", "fp32",
+                             lambda: export_tflite(model, args.out, name, notes=args.notes, extra=extra)))
         if args.int8:
             rows.append(_attempt("tflite", "int8", lambda: export_tflite(
-                model, args.out, f"{name}-int8", int8=True, calib_photos=photos, extra=extra)))
+                model, args.out, f"{name}-int8", int8=True, calib_photos=photos, notes=args.notes, extra=extra)))
     for r in rows:
         if r["status"] == "ok":
             r.update(measure_export(r["folder"], args.quick_iou))

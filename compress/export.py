@@ -188,7 +188,8 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                     "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
                     "calibration": method, "calibration_photos": len(photos),
                     "portable": {"float_resize": True, "shared_scale_groups": len(groups),
-                                 "why": "exact int8 arithmetic: x86 and ARM give the same alpha"} if portable else False,
+                                 "why": "exact int8 arithmetic: x86 and ARM give the same alpha"}
+                    if portable else False,
                     "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes)}})
     q.save(folder / "manifest.json")
     return folder

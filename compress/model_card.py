@@ -44,9 +44,10 @@ def _pruning_line(m: Manifest):
     p = m.extra.get("pruned")
     if not p:
         return None
-    return (f"- pruned from `{p.get('source')}` ({p['base_macs'] / 1e6:.0f}M MACs, {p['base_params']:,} parameters) "
-            f"to {p['macs'] / 1e6:.0f}M MACs ({100 * (1 - p['macs'] / p['base_macs']):.0f}% fewer), "
-            f"{p.get('importance')} importance, channels rounded to {p.get('round_to')}, then recovered by distillation")
+    fewer = 100 * (1 - p["macs"] / p["base_macs"])
+    return (f"- pruned from `{p.get('source')}` ({p['base_macs'] / 1e6:.0f}M MACs, {p['base_params']:,} "
+            f"parameters) to {p['macs'] / 1e6:.0f}M MACs ({fewer:.0f}% fewer), {p.get('importance')} importance, "
+            f"channels rounded to {p.get('round_to')}, then recovered by distillation")
 
 
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:

@@ -153,10 +153,12 @@ def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys, monkeypatch):
     zoo.mkdir()
     monkeypatch.setenv("EDGECUT_MODELS_DIR", str(zoo))
     assert main(["export", str(run / "best.pt"), "--name", "m", "--out", str(out), "--int8",
-                 "--calib", str(train_dir), "--calib-n", "4", "--embed", "--default"]) == 0
+                 "--calib", str(train_dir), "--calib-n", "4", "--embed", "--default",
+                 "--notes", "two test steps on CPU"]) == 0
     assert Manifest.load(out / "m-int8" / "manifest.json").precision == "int8"
     embedded = Manifest.load(zoo / "m" / "manifest.json")
     assert embedded.name == "m" and embedded.precision == "int8"
+    assert embedded.notes == "two test steps on CPU" and "two test steps" in (zoo / "m" / "MODEL_CARD.md").read_text()
     assert (zoo / "DEFAULT").read_text().strip() == "m" and (zoo / "m" / "MODEL_CARD.md").is_file()
     alpha = Session("default").alpha(np.zeros((40, 50, 3), np.uint8))  # resolved through the zoo
     assert alpha.shape == (40, 50) and alpha.dtype == np.uint8
