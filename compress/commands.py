@@ -153,6 +153,9 @@ def add_export(sub) -> None:
                    help="fit a logit scale/shift on the run's held-out photos and fold it into the model")
     p.add_argument("--heldout-data", metavar="DIR",
                    help="with --calibrate: the run's training root here, if it trained elsewhere (a GPU box)")
+    p.add_argument("--input-size", type=int, default=None, metavar="PX",
+                   help="export at another square input size, a multiple of 32 (the students are fully "
+                        "convolutional): smaller is faster and less accurate; --calibrate then fits at this size")
     p.add_argument("--notes", default="",
                    help="how this model was made (training runs, hardware), kept in its manifest and model card")
     p.add_argument("--embed", action="store_true",
@@ -177,6 +180,21 @@ def _attempt(fmt: str, precision: str, make) -> dict:
     return {"format": fmt, "precision": precision, "status": "ok", "folder": folder}
 
 
+def _resize_student(model, size: int) -> None:
+    """Run the student at another square input size; refuses sizes its strides cannot map back."""
+    from dataclasses import replace
+
+    import torch
+
+    from ..runtime.errors import EdgecutError
+
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size)) if size >= 16 else None
+    if out is None or tuple(out.shape[-2:]) != (size, size):
+        raise EdgecutError(f"--input-size {size}: the student cannot run at that size (try a multiple of 32)")
+    model.cfg = replace(model.cfg, input_size=size)
+
+
 def run_export(args) -> int:
     from ..runtime.errors import EdgecutError
     from .export import (calibration_photos, export_onnx, load_student, measure_export, quantize_int8,
@@ -193,6 +211,9 @@ def run_export(args) -> int:
             raise EdgecutError(str(e)) from None
     model, ck = load_student(args.checkpoint)
     extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
+    if args.input_size is not None:
+        extra["trained_input_size"] = model.cfg.input_size
+        _resize_student(model, args.input_size)
     if ck.get("pruned"):
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
     if args.calibrate:
