@@ -217,15 +217,14 @@ def add_large_photo(photos: Path, scale: int = LARGE_SCALE) -> None:
     big.save(photos / f"large_{first.stem}.jpg", quality=92)
 
 
-def stage_inputs(root: Path, wheel: Path, samples: Path, model: Path) -> Path:
-    """Wheel, photos and model into the rootfs; returns the staged photos (both sides read them)."""
+def stage_inputs(root: Path, wheel: Path, samples: Path) -> Path:
+    """Wheel and photos into the rootfs; returns the staged photos (both sides read them)."""
     dst = root / IN_ROOT.lstrip("/")
     shutil.rmtree(dst, ignore_errors=True)
     (dst / "wheel").mkdir(parents=True)
     shutil.copy2(wheel, dst / "wheel" / wheel.name)
     shutil.copytree(samples, dst / "samples")
     add_large_photo(dst / "samples")
-    shutil.copytree(model, dst / "model")
     # The host's CA bundle: where PyPI is reached through a TLS proxy, its CA is only in there.
     host_ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
     if host_ca.is_file():
@@ -233,6 +232,13 @@ def stage_inputs(root: Path, wheel: Path, samples: Path, model: Path) -> Path:
     shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
     (dst / "constraints.txt").write_text(host_versions())
     return dst / "samples"
+
+
+def stage_model(root: Path, model: Path) -> None:
+    """The model folder to check next, where `remove_in_root` reads it."""
+    dst = root / IN_ROOT.lstrip("/") / "model"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(model, dst)
 
 
 def host_versions() -> str:
@@ -352,13 +358,11 @@ def main(argv=None) -> int:
         fresh = clock("debootstrap", ensure_rootfs, root, args.mirror)
         say("rootfs built" if fresh else "rootfs present, debootstrap skipped")
         wheel = clock("wheel", build_wheel, args.cache / "dist")
-        ok, installed = True, False
+        photos = clock("stage", stage_inputs, root, wheel, args.samples)
+        clock("pip (aarch64)", install_in_root, root, wheel.name)
+        x86, ok = args.cache / "x86-out", True
         for model in models:
-            photos = clock("stage", stage_inputs, root, wheel, args.samples, model)
-            if not installed:
-                clock("pip (aarch64)", install_in_root, root, wheel.name)
-                installed = True
-            x86 = args.cache / "x86-out"
+            stage_model(root, model)
             clock("remove (x86)", remove_on_host, photos, x86, model, args.threads)
             for cpu in cpus:
                 arm = clock(f"remove ({cpu})", remove_in_root, root, args.threads, cpu)

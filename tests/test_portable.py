@@ -84,10 +84,9 @@ def test_portable_stays_close_to_float(quantized):
 
 
 def _embedded_int8() -> list:
-    root = embedded_dir()
-    return sorted(d for d in root.iterdir() if (d / "manifest.json").is_file()
-                  and Manifest.load(d / "manifest.json").precision == "int8"
-                  and Manifest.load(d / "manifest.json").format == "onnx")
+    folders = sorted(d for d in embedded_dir().iterdir() if (d / "manifest.json").is_file())
+    manifests = [Manifest.load(d / "manifest.json") for d in folders]
+    return [d for d, m in zip(folders, manifests) if m.precision == "int8" and m.format == "onnx"]
 
 
 @pytest.mark.parametrize("folder", _embedded_int8(), ids=lambda d: d.name)
