@@ -106,6 +106,9 @@ def add_distill(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
     p.add_argument("--init", default="", metavar="CKPT",
                    help="start from a checkpoint's weights with a fresh schedule (fine-tuning, a second cycle)")
+    p.add_argument("--input-size", type=int, default=0, metavar="PX",
+                   help="train at this square size instead of the variant's (a multiple of 32), e.g. to "
+                        "fine-tune for an `export --input-size` model; export then uses it by default")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to files); log.jsonl has it all")
     p.set_defaults(func=run_distill)
 
@@ -123,10 +126,19 @@ def run_distill(args) -> int:
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
-                      workers=args.workers)
+                      workers=args.workers, input_size=check_input_size(args.input_size))
     best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
     return 0
+
+
+def check_input_size(px: int) -> int:
+    """0 (the variant's size) or a size every student stride divides."""
+    from ..runtime.errors import EdgecutError
+
+    if px and (px < 64 or px % 32):
+        raise EdgecutError(f"--input-size {px}: use a multiple of 32, at least 64")
+    return px
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -214,6 +226,8 @@ def run_export(args) -> int:
     if args.input_size is not None:
         extra["trained_input_size"] = model.cfg.input_size
         _resize_student(model, args.input_size)
+    if ck.get("qat"):   # fine-tuned with fake int8 (`edgecut compress qat`): its int8 should match it
+        extra["qat"] = True
     if ck.get("pruned"):
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
     if args.calibrate:

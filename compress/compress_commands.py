@@ -15,6 +15,7 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="compress_command", metavar="STEP")
     add_prune(verbs)
     add_quantize(verbs)
+    add_qat(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -162,4 +163,57 @@ def run_quantize(args) -> int:
                 "model": str(res.folder), "excluded": res.excluded, "output_mae": res.output_mae,
                 "layers": errors_json(res.errors)}, indent=1))
     print(f"int8: {res.folder}")
+    return 0
+
+
+# --- qat ---------------------------------------------------------------------------------------
+def add_qat(sub) -> None:
+    p = sub.add_parser("qat", help="quantization-aware fine-tuning by distillation, then `edgecut export --int8`")
+    p.add_argument("checkpoint", type=Path, help="best.pt / last.pt from `edgecut distill`, or a pruned.pt")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--minutes", type=float, default=0, help="fit the run into this many minutes (sets --steps)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (low: the weights only adapt)")
+    p.add_argument("--input-size", type=int, default=0, metavar="PX",
+                   help="fine-tune at the size the model will be exported at (default: the checkpoint's)")
+    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
+    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
+    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
+                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--holdout", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="run folder (default runs/qat/<checkpoint folder>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_qat)
+
+
+def run_qat(args) -> int:
+    from ..runtime.errors import EdgecutError
+    from .commands import check_input_size
+
+    if not args.checkpoint.is_file():
+        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    data = args.data or str(train_root())
+    if not Path(data).is_dir():
+        raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
+    import torch
+
+    from .distill import TrainConfig, train
+
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    out = args.out or f"runs/qat/{args.checkpoint.resolve().parent.name}"
+    if (Path(out) / "best.pt").resolve() == args.checkpoint.resolve():
+        raise EdgecutError(f"{out}: would overwrite the input checkpoint; pass another --out")
+    cfg = TrainConfig(variant=ck["variant"], data=data, sets=tuple(s for s in args.sets.split(",") if s),
+                      label_roots=tuple(args.label_root), out=out, steps=args.steps, minutes=args.minutes,
+                      batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
+                      holdout=args.holdout, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
+                      device=args.device, init=str(args.checkpoint), qat=True,
+                      input_size=check_input_size(args.input_size) or ck.get("input_size", 0))
+    best = train(cfg, progress=not args.no_progress)
+    size = f" --input-size {cfg.input_size}" if cfg.input_size else ""
+    print(f"QAT checkpoint: {best}  (make the int8 model with: edgecut export {best} --name NAME --int8{size})")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,8 @@ class TrainConfig:
     device: str = "auto"             # auto: cuda when torch sees a GPU, else cpu
     workers: int = 0                 # augmentation worker processes (0: in the training process)
     init: str = ""                   # start from these weights (a best.pt/last.pt), e.g. a second cycle
+    input_size: int = 0              # > 0: train at this square size instead of the variant's
+    qat: bool = False                # fake-quantize as onnxruntime int8 will (compress/qat.py)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -107,6 +109,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     scfg = get_variant(cfg.variant)
+    if cfg.input_size:
+        scfg = replace(scfg, input_size=cfg.input_size)
     cfg.augment.size = scfg.input_size
 
     pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots, cfg.exclude)
@@ -143,6 +147,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     elif ck:
         print(f"initialised from {cfg.init}" + (" (pruned)" if pruned else ""))
     extra = {"pruned": pruned} if pruned else {}
+    if cfg.input_size:
+        extra["input_size"] = cfg.input_size
+    if cfg.qat:
+        from . import qat
+
+        qat.enable(model)
+        extra["qat"] = True
 
     samples = load_all(train_pairs, progress=progress)
     held = load_all(held_pairs, progress=False)
@@ -154,7 +165,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            workers=cfg.workers, device=device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"{cfg.variant} on {device}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
+    print(f"{cfg.variant}{' (QAT)' if cfg.qat else ''} at {scfg.input_size} px on {device}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
           f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
 
     log = open(out / "log.jsonl", "a")

@@ -32,10 +32,15 @@ DEFAULT_LICENSE = ("code Apache-2.0; weights trained on research-use photos: res
 def student_from_checkpoint(ck: dict, variant=None):
     """The network of a loaded distill checkpoint, or of a pruned one (`edgecut compress prune`:
     its tensor shapes carry the pruned channel counts), with its weights. `variant` (default: the
-    checkpoint's) lets a run start from another variant's weights, e.g. the same student at 320 px."""
+    checkpoint's) lets a run start from another variant's weights, e.g. the same student at 320 px.
+    A checkpoint trained at its own `input_size` keeps it."""
     from ..models.student import create_student
+    from ..models.variants import get_variant
 
-    variant = variant or ck["variant"]
+    if variant is None:
+        variant = ck["variant"]
+        if ck.get("input_size"):   # trained at another size than the variant's (`--input-size`)
+            variant = replace(get_variant(variant), input_size=ck["input_size"])
     if ck.get("pruned"):
         from .prune import rebuild_pruned
 

@@ -69,6 +69,8 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         f"- sha256: `{manifest.sha256}`",
         f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else "",
         _portable_line(q),
+        "- quantization-aware: fine-tuned with fake int8 rounding (`edgecut compress qat`) before this int8 "
+        "export" if manifest.extra.get("qat") else None,
         _pruning_line(manifest),
         _training_line(manifest),
         _calibration_line(manifest),

@@ -92,6 +92,23 @@ def synthetic_photo(size=(320, 240), seed=0) -> tuple:
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), disk
 
 
+def block_photos(folder, n: int = 6, name: str = "p{}.png", seed: int = 0) -> list:
+    """n small noisy photos of a coloured block on a flat background, saved as PNGs: calibration
+    photos for the quantization tests (a block that slides across them varies the activations)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        a = np.zeros((60, 80, 3), np.uint8)
+        a[:] = rng.integers(0, 255, 3)
+        a[15:45, 20 + 4 * i:70] = rng.integers(0, 255, 3)
+        a = np.clip(a + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
+        paths.append(folder / name.format(i))
+        Image.fromarray(a).save(paths[-1])
+    return paths
+
+
 @pytest.fixture
 def photo_array():
     return synthetic_photo()

@@ -2,9 +2,8 @@
 real tensors, and mixed precision that really leaves the worst ones in float."""
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import block_photos
 
 torch = pytest.importorskip("torch")
 
@@ -25,17 +24,7 @@ def fp32(tmp_path_factory, make_student):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("calib")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(6):
-        a = np.zeros((60, 80, 3), np.uint8)
-        a[:] = rng.integers(0, 255, 3)
-        a[15:45, 20 + 4 * i:70] = rng.integers(0, 255, 3)
-        a = np.clip(a + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
-        paths.append(d / f"p {i}.png")   # a space in the name, as in the real bench sets
-        Image.fromarray(a).save(paths[-1])
-    return paths
+    return block_photos(tmp_path_factory.mktemp("calib"), name="p {}.png")   # a space, as in the bench sets
 
 
 def test_report_names_real_tensors_worst_first(fp32, photos, tmp_path):

@@ -2,6 +2,7 @@
 the same Session as ONNX, giving the same alpha. Needs the tflite extra (CI installs it)."""
 import numpy as np
 import pytest
+from conftest import block_photos
 from PIL import Image
 
 torch = pytest.importorskip("torch")
@@ -18,17 +19,7 @@ TINY = register(StudentConfig(name="test-tflite", input_size=48, width=0.25, con
 
 
 def _photos(folder, n=6):
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        a = np.zeros((60, 80, 3), np.uint8)
-        a[:] = rng.integers(0, 255, 3)
-        a[15:45, 20 + 4 * i:70] = rng.integers(0, 255, 3)
-        a = np.clip(a + rng.normal(0, 8, a.shape), 0, 255).astype(np.uint8)
-        paths.append(folder / f"p{i}.png")
-        Image.fromarray(a).save(paths[-1])
-    return paths
+    return block_photos(folder, n)
 
 
 @pytest.fixture(scope="module")

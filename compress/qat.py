@@ -1,0 +1,164 @@
+"""Quantization-aware fine-tuning: train the student while it sees the int8 rounding it will ship with.
+
+The int8 model is still made by onnxruntime's static quantization (`edgecut export --int8`): QAT
+only changes the float weights it starts from. So the fake quantization here mirrors what that
+quantizer does to the exported graph, not torch's own int8 backends:
+  - the ONNX export folds each BatchNorm into its convolution, and onnxruntime then rounds the
+    folded weight per output channel, symmetric int8 (scale = max|w| / 127); here every
+    Conv+BN sees exactly that folded, rounded weight (BN statistics frozen, as QAT usually does);
+  - activations are uint8 per tensor, asymmetric, with 0 exactly representable: the network input,
+    every Conv(+BN+ReLU) output, every residual sum, each decoder upsampling and concatenation,
+    and the logits. Their ranges follow an
+    exponential moving average of each batch's min/max (the observer of most QAT recipes);
+  - rounding uses the straight-through estimator (torch.fake_quantize_*), so gradients pass.
+
+Nothing is added to the module tree: the fake-quant state lives outside the state_dict, so a QAT
+checkpoint loads, exports and prunes like any other. The forward methods are swapped per module
+(enable) and restored (disable).
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.decoder import Decoder, upsample_to
+from ..models.mobilenet import ConvBNReLU, InvertedResidual
+
+QMAX_W = 127     # int8 symmetric weights: [-127, 127], as onnxruntime quantizes them
+QMAX_A = 255     # uint8 activations
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric int8 rounding of a conv weight (O,I,kh,kw)."""
+    scale = (w.detach().abs().amax(dim=(1, 2, 3)) / QMAX_W).clamp(min=1e-12).float()
+    zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -QMAX_W, QMAX_W)
+
+
+class ActivationQuant:
+    """uint8 per-tensor fake quantization with an EMA min/max observer. Not an nn.Module on
+    purpose: its state must not enter the student's state_dict."""
+
+    def __init__(self, momentum: float = 0.01):
+        self.momentum = momentum
+        self.lo = self.hi = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().amin(), x.detach().amax()
+        if self.lo is None:
+            self.lo, self.hi = lo, hi
+        else:
+            self.lo = self.lo + self.momentum * (lo - self.lo)
+            self.hi = self.hi + self.momentum * (hi - self.hi)
+
+    def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        if training or self.lo is None:
+            self.observe(x)
+        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
+        scale = ((hi - lo) / QMAX_A).clamp(min=1e-8).float().reshape(1)
+        zero = torch.round(-lo / scale).clamp(0, QMAX_A).to(torch.int32).reshape(1)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, QMAX_A)
+
+    def range(self) -> tuple:
+        return (float(self.lo), float(self.hi)) if self.lo is not None else None
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None):
+    """Conv weight and bias with an eval-mode BN folded in: what the ONNX export computes."""
+    if bn is None:
+        return conv.weight, conv.bias
+    inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = conv.weight * inv.reshape(-1, 1, 1, 1)
+    b = bn.bias - bn.running_mean * inv
+    if conv.bias is not None:
+        b = b + conv.bias * inv
+    return w, b
+
+
+def _conv(conv: nn.Conv2d, x, w, b):
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _qat_conv_bn_relu(self, x):
+    conv, bn = self[0], self[1]
+    if self._qat_in is not None:                       # the network input: quantized by onnxruntime too
+        x = self._qat_in(x, self.training)
+    w, b = _folded(conv, bn)
+    y = _conv(conv, x, fake_quant_weight(w), b)
+    if len(self) > 2:
+        y = F.relu(y)
+    return self._qat_out(y, self.training)
+
+
+def _qat_head(self, x):
+    y = _conv(self, x, fake_quant_weight(self.weight), self.bias)
+    return self._qat_out(y, self.training)
+
+
+def _qat_residual(self, x):
+    y = self.block(x)
+    return self._qat_out(x + y, self.training) if self.use_residual else y
+
+
+def _qat_decoder(self, image, feats):
+    """Decoder.forward with the two tensors onnxruntime quantizes that no conv outputs: each
+    upsampled map (Resize runs in float, its result is quantized for the Concat) and the Concat."""
+    *skips, x = feats
+    x = self.context(x)
+    for block, skip, up_q, cat_q in zip(self.blocks, reversed(skips), self._qat_up, self._qat_cat):
+        up = up_q(upsample_to(x, skip), self.training)
+        x = block(cat_q(torch.cat([up, skip], 1), self.training))
+    return upsample_to(self.head(x), image)
+
+
+def enable(model: nn.Module, momentum: float = 0.01) -> nn.Module:
+    """Switch a student to fake-quantized forward passes (in place); returns it. BatchNorm
+    statistics freeze from here on: the folded weights must be the ones onnxruntime will round."""
+    first = True
+    for mod in model.modules():
+        if isinstance(mod, ConvBNReLU):
+            object.__setattr__(mod, "_qat_in", ActivationQuant(momentum) if first else None)
+            first = False
+            object.__setattr__(mod, "_qat_out", ActivationQuant(momentum))
+            mod.forward = types.MethodType(_qat_conv_bn_relu, mod)
+        elif isinstance(mod, InvertedResidual) and mod.use_residual:
+            object.__setattr__(mod, "_qat_out", ActivationQuant(momentum))
+            mod.forward = types.MethodType(_qat_residual, mod)
+    dec = model.decoder
+    assert isinstance(dec, Decoder)
+    object.__setattr__(dec, "_qat_up", [ActivationQuant(momentum) for _ in dec.blocks])
+    object.__setattr__(dec, "_qat_cat", [ActivationQuant(momentum) for _ in dec.blocks])
+    dec.forward = types.MethodType(_qat_decoder, dec)
+    head = model.decoder.head
+    object.__setattr__(head, "_qat_out", ActivationQuant(momentum))
+    head.forward = types.MethodType(_qat_head, head)
+    return model
+
+
+def disable(model: nn.Module) -> nn.Module:
+    """Back to plain float forward passes (the trained weights stay)."""
+    for mod in model.modules():
+        if "forward" in mod.__dict__:
+            del mod.forward
+        for attr in ("_qat_in", "_qat_out", "_qat_up", "_qat_cat"):
+            if attr in mod.__dict__:
+                object.__delattr__(mod, attr)
+    return model
+
+
+def is_enabled(model: nn.Module) -> bool:
+    return any("_qat_out" in m.__dict__ for m in model.modules())
+
+
+def observed_ranges(model: nn.Module) -> list:
+    """(module name, (lo, hi)) of every activation quantizer, in forward order: for the log."""
+    out = []
+    for name, mod in model.named_modules():
+        for attr in ("_qat_in", "_qat_out", "_qat_up", "_qat_cat"):
+            qs = mod.__dict__.get(attr)
+            for i, q in enumerate(qs if isinstance(qs, list) else [qs] if qs else []):
+                out.append((f"{name}.{attr[5:]}{i if isinstance(qs, list) else ''}", q.range()))
+    return out
