@@ -150,9 +150,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.input_size:
         extra["input_size"] = cfg.input_size
     if cfg.qat:
-        from . import qat
-
-        qat.enable(model)
         extra["qat"] = True
 
     samples = load_all(train_pairs, progress=progress)
@@ -168,6 +165,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     print(f"{cfg.variant}{' (QAT)' if cfg.qat else ''} at {scfg.input_size} px on {device}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
           f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
 
+    if cfg.qat:   # after count_macs above: the fake-quant forwards bypass the conv hooks it counts with
+        from . import qat
+
+        qat.enable(model)
     log = open(out / "log.jsonl", "a")
     bar = None
     if progress:
