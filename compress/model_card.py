@@ -45,8 +45,15 @@ def _pruning_line(m: Manifest):
     if not p:
         return None
     fewer = 100 * (1 - p["macs"] / p["base_macs"])
+    try:   # pruning counts MACs at the variant's own size, which an export may have changed
+        from ..models.variants import get_variant
+
+        size = get_variant(m.architecture).input_size
+        at = f" at {size}x{size}" if size != m.input_size[0] else ""
+    except KeyError:
+        at = ""
     return (f"- pruned from `{p.get('source')}` ({p['base_macs'] / 1e6:.0f}M MACs, {p['base_params']:,} "
-            f"parameters) to {p['macs'] / 1e6:.0f}M MACs ({fewer:.0f}% fewer), {p.get('importance')} importance, "
+            f"parameters) to {p['macs'] / 1e6:.0f}M MACs{at} ({fewer:.0f}% fewer), {p.get('importance')} importance, "
             f"channels rounded to {p.get('round_to')}, then recovered by distillation")
 
 
