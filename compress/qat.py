@@ -62,8 +62,6 @@ class ActivationQuant:
         zero = torch.round(-lo / scale).clamp(0, QMAX_A).to(torch.int32).reshape(1)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, QMAX_A)
 
-    def range(self) -> tuple:
-        return (float(self.lo), float(self.hi)) if self.lo is not None else None
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None):
@@ -152,13 +150,3 @@ def disable(model: nn.Module) -> nn.Module:
 def is_enabled(model: nn.Module) -> bool:
     return any("_qat_out" in m.__dict__ for m in model.modules())
 
-
-def observed_ranges(model: nn.Module) -> list:
-    """(module name, (lo, hi)) of every activation quantizer, in forward order: for the log."""
-    out = []
-    for name, mod in model.named_modules():
-        for attr in ("_qat_in", "_qat_out", "_qat_up", "_qat_cat"):
-            qs = mod.__dict__.get(attr)
-            for i, q in enumerate(qs if isinstance(qs, list) else [qs] if qs else []):
-                out.append((f"{name}.{attr[5:]}{i if isinstance(qs, list) else ''}", q.range()))
-    return out
