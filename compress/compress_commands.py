@@ -19,6 +19,19 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def add_finetune_args(p) -> None:
+    """The distillation data and run options that prune's and qat's fine-tuning share."""
+    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
+    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
+    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
+                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--holdout", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda ...")
+
+
 # --- prune -------------------------------------------------------------------------------------
 # The criteria of prune.IMPORTANCES, spelled out here: this module must import without torch.
 IMPORTANCES = ("l1", "l2", "taylor", "random", "bn")
@@ -36,16 +49,8 @@ def add_prune(sub) -> None:
     p.add_argument("--steps", type=int, default=1, help="prune / fine-tune rounds, each cutting a little more")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="distillation steps after each round (0: prune only)")
-    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
-    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
-    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
-                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="peak fine-tuning learning rate")
-    p.add_argument("--holdout", type=float, default=0.03)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda ...")
+    add_finetune_args(p)
     p.add_argument("--out", type=Path, default=None,
                    help="folder for pruned.pt and prune.json (default runs/prune/<checkpoint folder>)")
     p.add_argument("--no-progress", action="store_true")
@@ -175,16 +180,8 @@ def add_qat(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (low: the weights only adapt)")
     p.add_argument("--input-size", type=int, default=0, metavar="PX",
                    help="fine-tune at the size the model will be exported at (default: the checkpoint's)")
-    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
-    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
-    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
-                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--holdout", type=float, default=0.03)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="auto")
+    add_finetune_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/qat/<checkpoint folder>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_qat)

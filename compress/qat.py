@@ -64,11 +64,8 @@ class ActivationQuant:
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, QMAX_A)
 
 
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None):
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """Conv weight and bias with an eval-mode BN folded in: what the ONNX export computes."""
-    if bn is None:
-        return conv.weight, conv.bias
     inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     w = conv.weight * inv.reshape(-1, 1, 1, 1)
     b = bn.bias - bn.running_mean * inv
@@ -97,20 +94,15 @@ def _qat_head(self, x):
     return self._qat_out(y, self.training)
 
 
-def _qat_residual(self, x):
-    y = self.block(x)
-    return self._qat_out(x + y, self.training) if self.use_residual else y
+def _qat_residual(self, x):   # enabled only on the blocks that have the residual
+    return self._qat_out(x + self.block(x), self.training)
 
 
-def _qat_decoder(self, image, feats):
-    """Decoder.forward with the two tensors onnxruntime quantizes that no conv outputs: each
+def _qat_merge(self, level, x, skip):
+    """Decoder.merge with the two tensors onnxruntime quantizes that no conv outputs: the
     upsampled map (Resize runs in float, its result is quantized for the Concat) and the Concat."""
-    *skips, x = feats
-    x = self.context(x)
-    for block, skip, up_q, cat_q in zip(self.blocks, reversed(skips), self._qat_up, self._qat_cat):
-        up = up_q(upsample_to(x, skip), self.training)
-        x = block(cat_q(torch.cat([up, skip], 1), self.training))
-    return upsample_to(self.head(x), image)
+    up = self._qat_up[level](upsample_to(x, skip), self.training)
+    return self._qat_cat[level](torch.cat([up, skip], 1), self.training)
 
 
 def enable(model: nn.Module, momentum: float = 0.01) -> nn.Module:
@@ -130,7 +122,7 @@ def enable(model: nn.Module, momentum: float = 0.01) -> nn.Module:
     assert isinstance(dec, Decoder)
     object.__setattr__(dec, "_qat_up", [ActivationQuant(momentum) for _ in dec.blocks])
     object.__setattr__(dec, "_qat_cat", [ActivationQuant(momentum) for _ in dec.blocks])
-    dec.forward = types.MethodType(_qat_decoder, dec)
+    dec.merge = types.MethodType(_qat_merge, dec)
     head = model.decoder.head
     object.__setattr__(head, "_qat_out", ActivationQuant(momentum))
     head.forward = types.MethodType(_qat_head, head)
@@ -140,8 +132,9 @@ def enable(model: nn.Module, momentum: float = 0.01) -> nn.Module:
 def disable(model: nn.Module) -> nn.Module:
     """Back to plain float forward passes (the trained weights stay)."""
     for mod in model.modules():
-        if "forward" in mod.__dict__:
-            del mod.forward
+        for method in ("forward", "merge"):
+            if method in mod.__dict__:
+                delattr(mod, method)
         for attr in ("_qat_in", "_qat_out", "_qat_up", "_qat_cat"):
             if attr in mod.__dict__:
                 object.__delattr__(mod, attr)

@@ -40,6 +40,11 @@ class Decoder(nn.Module):
     def forward(self, image: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
         *skips, x = feats
         x = self.context(x)                          # B,ctx,H/32,W/32
-        for block, skip in zip(self.blocks, reversed(skips)):
-            x = block(torch.cat([upsample_to(x, skip), skip], 1))   # up to H/16 ... H/2
+        for level, (block, skip) in enumerate(zip(self.blocks, reversed(skips))):
+            x = block(self.merge(level, x, skip))    # up to H/16 ... H/2
         return upsample_to(self.head(x), image)      # B,1,H/2,W/2 -> B,1,H,W logits
+
+    def merge(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample x to the skip's size and concatenate them (the input of block `level`); its own
+        method so that QAT can quantize both results where onnxruntime does."""
+        return torch.cat([upsample_to(x, skip), skip], 1)
