@@ -83,12 +83,7 @@ def add_distill(sub) -> None:
 
     p = sub.add_parser("distill", help="train a student on photos + teacher alphas (resumable)")
     p.add_argument("--variant", default="edgecut-small", choices=list_variants())
-    p.add_argument("--data", default=None, help="train root with <set>/images and <set>/teacher|masks "
-                                                "(default $EDGECUT_DATA/train)")
-    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
-    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
-                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
-    p.add_argument("--exclude", default="", metavar="DIR", help="never train on photos named as files in DIR")
+    add_data_args(p)
     p.add_argument("--out", default=None, help="run folder for checkpoints and log (default runs/distill/VARIANT)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--minutes", type=float, default=0,
@@ -114,15 +109,9 @@ def add_distill(sub) -> None:
 
 
 def run_distill(args) -> int:
-    from ..runtime.errors import EdgecutError
     from .distill import TrainConfig, train
 
-    data = args.data or str(train_root())
-    if not Path(data).is_dir():
-        raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
-    exclude = tuple(p.name for p in Path(args.exclude).iterdir()) if args.exclude else ()
-    cfg = TrainConfig(variant=args.variant, data=data, sets=tuple(s for s in args.sets.split(",") if s),
-                      label_roots=tuple(args.label_root), exclude=exclude,
+    cfg = TrainConfig(variant=args.variant, **data_options(args),
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
@@ -132,12 +121,38 @@ def run_distill(args) -> int:
     return 0
 
 
-def check_input_size(px: int) -> int:
-    """0 (the variant's size) or a size every student stride divides."""
+
+def add_data_args(p) -> None:
+    """The training-photo options that distill, prune's fine-tuning and qat share."""
+    p.add_argument("--data", default=None, help="train root with <set>/images and <set>/teacher|masks "
+                                                "(default $EDGECUT_DATA/train)")
+    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
+    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
+                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    p.add_argument("--exclude", default="", metavar="DIR",
+                   help="never train on photos named as files in DIR (e.g. samples, the demo photos)")
+
+
+def data_options(args) -> dict:
+    """add_data_args' options, checked, as TrainConfig fields."""
     from ..runtime.errors import EdgecutError
 
-    if px and (px < 64 or px % 32):
-        raise EdgecutError(f"--input-size {px}: use a multiple of 32, at least 64")
+    data = args.data or str(train_root())
+    if not Path(data).is_dir():
+        raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
+    if args.exclude and not Path(args.exclude).is_dir():
+        raise EdgecutError(f"--exclude {args.exclude}: no such folder")
+    return {"data": data, "sets": tuple(s for s in args.sets.split(",") if s),
+            "label_roots": tuple(args.label_root),
+            "exclude": tuple(f.name for f in Path(args.exclude).iterdir()) if args.exclude else ()}
+
+
+def check_input_size(px: int) -> int:
+    """0 (the variant's size) or a size every student stride divides (the encoder's is 32)."""
+    from ..runtime.errors import EdgecutError
+
+    if px and (px < 32 or px % 32):
+        raise EdgecutError(f"--input-size {px}: use a positive multiple of 32")
     return px
 
 
@@ -200,9 +215,12 @@ def _resize_student(model, size: int) -> None:
 
     from ..runtime.errors import EdgecutError
 
+    if not size:
+        raise EdgecutError("--input-size 0: use a positive multiple of 32")
+    check_input_size(size)   # the rule distill and qat train by; the forward pass then proves it
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, size, size)) if size >= 16 else None
-    if out is None or tuple(out.shape[-2:]) != (size, size):
+        out = model(torch.zeros(1, 3, size, size))
+    if tuple(out.shape[-2:]) != (size, size):
         raise EdgecutError(f"--input-size {size}: the student cannot run at that size (try a multiple of 32)")
     model.cfg = replace(model.cfg, input_size=size)
 

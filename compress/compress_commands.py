@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .commands import train_root
+from .commands import add_data_args, data_options, train_root
 
 
 def register(sub) -> None:
@@ -21,10 +21,7 @@ def register(sub) -> None:
 
 def add_finetune_args(p) -> None:
     """The distillation data and run options that prune's and qat's fine-tuning share."""
-    p.add_argument("--data", default=None, help="train root as for `edgecut distill` (default $EDGECUT_DATA/train)")
-    p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
-    p.add_argument("--label-root", action="append", default=[], metavar="DIR",
-                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    add_data_args(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--holdout", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
@@ -76,12 +73,11 @@ def run_prune(args) -> int:
 
     train_cfg = None
     if args.finetune_steps or args.importance == "taylor":
-        data = args.data or str(train_root())
-        if not Path(data).is_dir():
-            raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA); fine-tuning "
-                               "and the taylor importance need training photos")
-        train_cfg = TrainConfig(data=data, sets=tuple(s for s in args.sets.split(",") if s),
-                                label_roots=tuple(args.label_root), batch_size=args.batch_size, lr=args.lr,
+        try:
+            data = data_options(args)
+        except EdgecutError as e:
+            raise EdgecutError(f"{e}; fine-tuning and the taylor importance need training photos") from None
+        train_cfg = TrainConfig(**data, batch_size=args.batch_size, lr=args.lr,
                                 holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device)
     elif args.threads:
         import torch
@@ -193,9 +189,7 @@ def run_qat(args) -> int:
 
     if not args.checkpoint.is_file():
         raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
-    data = args.data or str(train_root())
-    if not Path(data).is_dir():
-        raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
+    data = data_options(args)
     import torch
 
     from .distill import TrainConfig, train
@@ -204,8 +198,7 @@ def run_qat(args) -> int:
     out = args.out or f"runs/qat/{args.checkpoint.resolve().parent.name}"
     if (Path(out) / "best.pt").resolve() == args.checkpoint.resolve():
         raise EdgecutError(f"{out}: would overwrite the input checkpoint; pass another --out")
-    cfg = TrainConfig(variant=ck["variant"], data=data, sets=tuple(s for s in args.sets.split(",") if s),
-                      label_roots=tuple(args.label_root), out=out, steps=args.steps, minutes=args.minutes,
+    cfg = TrainConfig(variant=ck["variant"], **data, out=out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
                       holdout=args.holdout, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
                       device=args.device, init=str(args.checkpoint), qat=True,

@@ -119,13 +119,19 @@ def test_cli_qat_then_export_int8_at_the_trained_size(tmp_path, capsys):
                  "--batch-size", "2", "--eval-every", "2", "--threads", "1", "--holdout", "0.3",
                  "--no-progress"]) == 0
     qrun = tmp_path / "qat"
+    demo = tmp_path / "demo"   # photos to keep out of training, as `distill --exclude samples` does
+    demo.mkdir()
+    (demo / "0.jpg").write_bytes(b"")
     assert main(["compress", "qat", str(run / "best.pt"), "--data", str(data), "--out", str(qrun), "--steps", "3",
                  "--batch-size", "2", "--eval-every", "3", "--threads", "1", "--holdout", "0.3",
-                 "--input-size", "96", "--no-progress"]) == 0
+                 "--input-size", "96", "--exclude", str(demo), "--no-progress"]) == 0
     assert "--input-size 96" in capsys.readouterr().out
     ck = torch.load(qrun / "last.pt", weights_only=False)
     assert ck["qat"] is True and ck["input_size"] == 96 and ck["step"] == 3
-    assert json.loads((qrun / "config.json").read_text())["qat"] is True
+    config = json.loads((qrun / "config.json").read_text())
+    assert config["qat"] is True and config["exclude"] == ["0.jpg"]
+    split = json.loads((qrun / "split.json").read_text())
+    assert split["train"] + len(split["holdout"]) == 9 and "a/0.jpg" not in split["holdout"]   # 10 photos, 1 out
     out = tmp_path / "models"
     assert main(["export", str(qrun / "best.pt"), "--name", "m", "--out", str(out), "--int8",
                  "--calib", str(data), "--calib-n", "4"]) == 0
@@ -138,3 +144,5 @@ def test_cli_qat_then_export_int8_at_the_trained_size(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["compress", "qat", str(run / "best.pt"), "--data", str(data), "--input-size", "100"]) == 1
     assert "multiple of 32" in capsys.readouterr().err
+    assert main(["compress", "qat", str(run / "best.pt"), "--data", str(data), "--exclude", str(tmp_path / "no")]) == 1
+    assert "--exclude" in capsys.readouterr().err
