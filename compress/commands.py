@@ -121,7 +121,6 @@ def run_distill(args) -> int:
     return 0
 
 
-
 def add_data_args(p) -> None:
     """The training-photo options that distill, prune's fine-tuning and qat share."""
     p.add_argument("--data", default=None, help="train root with <set>/images and <set>/teacher|masks "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .commands import add_data_args, data_options, train_root
+from .commands import add_data_args, check_input_size, data_options, train_root
 
 
 def register(sub) -> None:
@@ -185,7 +185,6 @@ def add_qat(sub) -> None:
 
 def run_qat(args) -> int:
     from ..runtime.errors import EdgecutError
-    from .commands import check_input_size
 
     if not args.checkpoint.is_file():
         raise EdgecutError(f"{args.checkpoint}: no such checkpoint")

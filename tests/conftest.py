@@ -109,6 +109,25 @@ def block_photos(folder, n: int = 6, name: str = "p{}.png", seed: int = 0) -> li
     return paths
 
 
+def labelled_set(folder, n: int, size=(40, 48), box=(15, 20), at=None, kind: str = "teacher", rng=None) -> Path:
+    """A training set in `edgecut distill`'s layout: folder/images/{i}.jpg, dark noise with a bright box,
+    and folder/<kind>/{i}.png, the box's alpha. The box sits at `at` (y, x), or where rng puts it."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True)
+    (folder / kind).mkdir()
+    h, w = box
+    for i in range(n):
+        img = rng.integers(0, 80, (*size, 3), dtype=np.uint8)
+        alpha = np.zeros(size, np.uint8)
+        y, x = at if at is not None else rng.integers(5, 20, 2)
+        img[y:y + h, x:x + w] += 150
+        alpha[y:y + h, x:x + w] = 255
+        Image.fromarray(img).save(folder / "images" / f"{i}.jpg")
+        Image.fromarray(alpha).save(folder / kind / f"{i}.png")
+    return folder
+
+
 @pytest.fixture
 def photo_array():
     return synthetic_photo()

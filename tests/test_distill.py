@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import labelled_set
 from PIL import Image
 
 torch = pytest.importorskip("torch")
@@ -29,16 +30,7 @@ def train_dir(tmp_path):
     """Two sets: one with teacher alphas, one with a human mask and one unlabelled photo."""
     rng = np.random.default_rng(0)
     for set_name, kind, n in [("a", "teacher", 12), ("b", "masks", 3)]:
-        (tmp_path / set_name / "images").mkdir(parents=True)
-        (tmp_path / set_name / kind).mkdir()
-        for i in range(n):
-            img = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
-            alpha = np.zeros((40, 48), np.uint8)
-            y, x = rng.integers(5, 20, 2)
-            img[y:y + 15, x:x + 20] += 150
-            alpha[y:y + 15, x:x + 20] = 255
-            Image.fromarray(img).save(tmp_path / set_name / "images" / f"{i}.jpg")
-            Image.fromarray(alpha).save(tmp_path / set_name / kind / f"{i}.png")
+        labelled_set(tmp_path / set_name, n, kind=kind, rng=rng)
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "b" / "images" / "unlabelled.jpg")
     return tmp_path
 

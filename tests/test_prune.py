@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import labelled_set
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning", reason="the prune extra is not installed (pip install edgecut[prune])")
@@ -28,16 +28,7 @@ def checkpoint(make_student, tmp_path):
 
 @pytest.fixture
 def train_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "data" / "a" / "images").mkdir(parents=True)
-    (tmp_path / "data" / "a" / "teacher").mkdir()
-    for i in range(6):
-        img = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
-        alpha = np.zeros((40, 48), np.uint8)
-        img[10:30, 12:36] += 150
-        alpha[10:30, 12:36] = 255
-        Image.fromarray(img).save(tmp_path / "data" / "a" / "images" / f"{i}.jpg")
-        Image.fromarray(alpha).save(tmp_path / "data" / "a" / "teacher" / f"{i}.png")
+    labelled_set(tmp_path / "data" / "a", 6, box=(20, 24), at=(10, 12))
     return tmp_path / "data"
 
 

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import block_photos
-from PIL import Image
+from conftest import block_photos, labelled_set
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -95,25 +94,11 @@ def test_fake_quant_noise_is_the_size_of_onnxruntime_int8_noise(make_student, ph
     assert ort_noise > 5e-4 and 0.6 < qat_noise / ort_noise < 1.5, (qat_noise, ort_noise)
 
 
-def _train_dir(root):
-    rng = np.random.default_rng(0)
-    (root / "a" / "images").mkdir(parents=True)
-    (root / "a" / "teacher").mkdir()
-    for i in range(10):
-        img = rng.integers(0, 80, (48, 56, 3), dtype=np.uint8)
-        alpha = np.zeros((48, 56), np.uint8)
-        y, x = rng.integers(5, 20, 2)
-        img[y:y + 20, x:x + 24] += 150
-        alpha[y:y + 20, x:x + 24] = 255
-        Image.fromarray(img).save(root / "a" / "images" / f"{i}.jpg")
-        Image.fromarray(alpha).save(root / "a" / "teacher" / f"{i}.png")
-    return root
-
-
 def test_cli_qat_then_export_int8_at_the_trained_size(tmp_path, capsys):
     from edgecut.cli import main
 
-    data = _train_dir(tmp_path / "train")
+    data = tmp_path / "train"
+    labelled_set(data / "a", 10, size=(48, 56), box=(20, 24))
     run = tmp_path / "float"
     assert main(["distill", "--variant", "test-qat", "--data", str(data), "--out", str(run), "--steps", "2",
                  "--batch-size", "2", "--eval-every", "2", "--threads", "1", "--holdout", "0.3",
