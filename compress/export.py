@@ -163,6 +163,7 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
 
     from ..runtime.session import Session
     from .portable import calibrated_ranges, residual_groups, resize_nodes, shared_scales
+    from .space_to_depth import rewrite_stem
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -184,8 +185,10 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
         quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
-        if compact:
+        stem = False
+        if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
             compact_onnx(out, out)
+            stem = rewrite_stem(out)
         out.replace(folder / "model.onnx")
     q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
                 extra={**manifest.extra, "quantization": {
@@ -195,7 +198,8 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                     "portable": {"float_resize": True, "shared_scale_groups": len(groups),
                                  "why": "exact int8 arithmetic: x86 and ARM give the same alpha"}
                     if portable else False,
-                    "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes)}})
+                    "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
+                    "stem": "space-to-depth 2x2 (exact, faster)" if stem else "as exported"}})
     q.save(folder / "manifest.json")
     return folder
 

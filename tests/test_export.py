@@ -81,6 +81,36 @@ def test_compacting_changes_size_not_arithmetic(exported, tmp_path):
     assert np.array_equal(a.run(["alpha"], {"input": x})[0], b.run(["alpha"], {"input": x})[0])
 
 
+def test_space_to_depth_stem_gives_the_same_alpha(exported, tmp_path):
+    from edgecut.compress.space_to_depth import has_space_to_depth_stem, rewrite_stem, stem_weights
+
+    _, folder, out = exported
+    full = quantize_int8(folder, out, "tiny-int8-stem", _photos(tmp_path, 4), compact=False) / "model.onnx"
+    plain, s2d = tmp_path / "plain.onnx", tmp_path / "s2d.onnx"
+    compact_onnx(full, plain)
+    assert rewrite_stem(plain, s2d) and has_space_to_depth_stem(s2d) and not has_space_to_depth_stem(plain)
+    assert not rewrite_stem(s2d, tmp_path / "twice.onnx")   # the pattern is gone: a no-op
+    import onnxruntime as ort
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (plain, s2d))
+    for seed in range(3):   # different int8 stems would differ somewhere among these pixels
+        x = np.random.default_rng(seed).standard_normal((1, 3, 64, 64)).astype(np.float32) * 2
+        assert np.array_equal(a.run(["alpha"], {"input": x})[0], b.run(["alpha"], {"input": x})[0])
+    # the weight mapping itself, in float: conv3x3/s2 == conv2x2 over SpaceToDepth(2)
+    w = np.random.default_rng(0).standard_normal((5, 3, 3, 3)).astype(np.float32)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32))
+    want = torch.nn.functional.conv2d(x, torch.from_numpy(w), stride=2, padding=1)
+    blocks = torch.nn.functional.pad(torch.nn.functional.pixel_unshuffle(x, 2), (1, 0, 1, 0))
+    blocks = blocks.view(1, 3, 4, 9, 9).transpose(1, 2).reshape(1, 12, 9, 9)   # torch: c-major; ONNX: offset-major
+    got = torch.nn.functional.conv2d(blocks, torch.from_numpy(stem_weights(w)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_shipped_int8_uses_the_faster_stem(exported, tmp_path):
+    _, folder, out = exported
+    q = quantize_int8(folder, out, "tiny-int8-shipped", _photos(tmp_path, 4))
+    assert Manifest.load(q / "manifest.json").extra["quantization"]["stem"].startswith("space-to-depth")
+
+
 def test_float_ops_finds_unquantized_nodes(exported):
     _, folder, _ = exported
     ops = float_ops(folder / "model.onnx")  # the fp32 model: everything is float
