@@ -76,6 +76,9 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         f"- sha256: `{manifest.sha256}`",
         f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else "",
         _portable_line(q),
+        "- stem: the 3x3 stride-2 int8 convolution runs as a 2x2 convolution over SpaceToDepth(2): the same "
+        "integer sums, faster in onnxruntime (`compress/space_to_depth.py`)"
+        if str(q.get("stem", "")).startswith("space-to-depth") else None,
         "- quantization-aware: fine-tuned with fake int8 rounding (`edgecut compress qat`) before this int8 "
         "export" if manifest.extra.get("qat") else None,
         _pruning_line(manifest),
