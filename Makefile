@@ -48,6 +48,7 @@ bench-latency: $(VENV)/.dev
 REPORT_MODELS ?= edgecut-accurate runs/export/edgecut-accurate edgecut-medium-pruned runs/export/edgecut-medium-pruned \
                  edgecut-fast \
                  edgecut-medium runs/export/edgecut-medium edgecut-small \
+                 runs/export/edgecut-accurate-tflite runs/export/edgecut-accurate-tflite-int8 \
                  runs/export/edgecut-medium-tflite runs/export/edgecut-medium-tflite-int8 \
                  teacher:isnet-imgly peer:mediapipe-selfie
 bench-report: $(VENV)/.dev

@@ -15,6 +15,13 @@ def test_pareto_front_keeps_only_undominated_points():
     assert compare.pareto_front(pts) == [1, 0, 2]   # fastest first; (6, .58), (3, .50) and the slow .78 lose
 
 
+def test_pareto_front_ties_at_the_tables_precision():
+    # two exports of one model: the slower one is 6e-9 "more accurate", which the table cannot show
+    pts = [(9.45, 0.7083286832), (10.10, 0.7083286896), (6.51, 0.7076)]
+    assert compare.pareto_front(pts) == [2, 0]
+    assert compare.pareto_front(pts, decimals=9) == [2, 0, 1]
+
+
 def _acc(spec, name, ious, fmt="onnx", prec="int8"):
     sets = {k: {"iou": v, "mae": 0.1, "images": 3} for k, v in ious.items()}
     return {"spec": spec, "name": name, "format": fmt, "precision": prec, "file_bytes": 840_000,
