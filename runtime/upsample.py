@@ -52,13 +52,20 @@ def box_mean(x: np.ndarray, r: int) -> np.ndarray:
     difference of large terms, which float32 cumsums would swamp.
     """
     def along_last(v: np.ndarray) -> np.ndarray:
+        # Shifted slices added in window order, left to right, skipping those that fall off the
+        # border: the same sums, to the bit, as over a zero-padded copy, without making that copy.
         n = v.shape[-1]
-        vp = np.pad(v, [(0, 0)] * (v.ndim - 1) + [(r, r)])
-        s = vp[..., 0:n].copy()
-        for k in range(1, 2 * r + 1):
-            s += vp[..., k:k + n]
+        s = np.zeros_like(v)
+        for k in range(-r, r + 1):
+            if abs(k) >= n:
+                continue
+            if k < 0:
+                s[..., -k:] += v[..., :n + k]
+            else:
+                s[..., :n - k] += v[..., k:]
         idx = np.arange(n)
-        return s / (np.minimum(idx + r + 1, n) - np.maximum(idx - r, 0))
+        s /= np.minimum(idx + r + 1, n) - np.maximum(idx - r, 0)
+        return s
 
     x = along_last(np.asarray(x, dtype=np.float64))
     return np.swapaxes(along_last(np.swapaxes(x, -1, -2)), -1, -2)
@@ -123,6 +130,23 @@ def _pixels(photo: Union[Image.Image, np.ndarray]):
     return Image.fromarray(arr, "RGB"), lambda x0, y0, x1, y1: arr[y0:y1, x0:x1]
 
 
+def _cells(p0: int, p1: int, scale: float, n: int) -> Tuple[int, int]:
+    """Guide cells whose bilinear weights can reach full-res pixels p0..p1 (one cell of margin each side)."""
+    return max(0, int(p0 * scale - 0.5) - 1), min(n, int(p1 * scale + 0.5) + 2)
+
+
+def _tile_bounds(lo: np.ndarray, hi: np.ndarray, rows, cols) -> Tuple[np.ndarray, np.ndarray]:
+    """(least, most) output value each tile can take, rounded to 0..255, for all tiles at once:
+    min of `lo` and max of `hi` over each tile's cells, as column strips then row strips (one numpy
+    call per tile row or column, not two per tile: at 12 MP that loop of 768 tiles cost ~11 ms)."""
+    lo_c = np.stack([lo[:, c0:c1].min(axis=1) for c0, c1 in cols], axis=1)    # (gh, tiles across)
+    hi_c = np.stack([hi[:, c0:c1].max(axis=1) for c0, c1 in cols], axis=1)
+    lo_t = np.stack([lo_c[r0:r1].min(axis=0) for r0, r1 in rows]).astype(np.float64)
+    hi_t = np.stack([hi_c[r0:r1].max(axis=0) for r0, r1 in rows]).astype(np.float64)
+    return ((np.clip(lo_t, 0.0, 255.0) + 0.5).astype(np.int64),    # float64, as Python's int(x + 0.5)
+            (np.clip(hi_t, 0.0, 255.0) + 0.5).astype(np.int64))
+
+
 def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
                     cfg: GuidedUpsample = GuidedUpsample()) -> np.ndarray:
     """Low-res float alpha in [0, 1] -> uint8 alpha (H, W) at the photo's size, snapped to its edges."""
@@ -142,18 +166,12 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
     wx = _bilinear_matrix(W, gw).T.copy()  # (gw, W)
     sx, sy = gw / W, gh / H
     out = np.empty((H, W), dtype=np.uint8)
+    xs, ys = range(0, W, cfg.tile), range(0, H, cfg.tile)
+    cols = [_cells(x0, min(W, x0 + cfg.tile), sx, gw) for x0 in xs]
+    rows = [_cells(y0, min(H, y0 + cfg.tile), sy, gh) for y0 in ys]
+    least, most = _tile_bounds(lo, hi, rows, cols)
 
-    def tile(origin) -> None:
-        x0, y0 = origin
-        x1, y1 = min(W, x0 + cfg.tile), min(H, y0 + cfg.tile)
-        # Grid cells whose bilinear weights can reach this tile (one cell of margin each side).
-        c0, c1 = max(0, int(x0 * sx - 0.5) - 1), min(gw, int(x1 * sx + 0.5) + 2)
-        r0, r1 = max(0, int(y0 * sy - 0.5) - 1), min(gh, int(y1 * sy + 0.5) + 2)
-        least = int(min(255.0, max(0.0, float(lo[r0:r1, c0:c1].min()))) + 0.5)
-        most = int(min(255.0, max(0.0, float(hi[r0:r1, c0:c1].max()))) + 0.5)
-        if most - least <= 2 * cfg.tolerance:   # e.g. background, or subject even at alpha 0.99
-            out[y0:y1, x0:x1] = (least + most) // 2
-            return
+    def edge_tile(x0, y0, x1, y1, r0, r1, c0, c1) -> None:
         # Bilinear upsampling of the 4 coefficient maps as two small matrix products.
         m = (wy[y0:y1, r0:r1] @ coef[:, r0:r1, c0:c1]) @ wx[c0:c1, x0:x1]
         rgb = rgb_of(x0, y0, x1, y1)
@@ -165,9 +183,14 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
         v += 0.5
         np.copyto(out[y0:y1, x0:x1], v, casting="unsafe")
 
-    for y in range(0, H, cfg.tile):
-        for x in range(0, W, cfg.tile):
-            tile((x, y))
+    for i, y0 in enumerate(ys):
+        y1 = min(H, y0 + cfg.tile)
+        for j, x0 in enumerate(xs):
+            x1 = min(W, x0 + cfg.tile)
+            if most[i, j] - least[i, j] <= 2 * cfg.tolerance:   # e.g. background, or subject at alpha 0.99
+                out[y0:y1, x0:x1] = (least[i, j] + most[i, j]) // 2
+            else:
+                edge_tile(x0, y0, x1, y1, *rows[i], *cols[j])
     return out
 
 

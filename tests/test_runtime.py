@@ -337,12 +337,14 @@ def test_unwritable_output_is_an_edgecut_error(tmp_path):
 # ---------------------------------------------------------------- upsampling
 
 def test_box_mean_matches_brute_force():
-    x = np.random.default_rng(0).random((2, 9, 11))
-    for r in (1, 2):
-        got = upsample.box_mean(x, r)
-        want = np.array([[[x[c, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
-                           for j in range(11)] for i in range(9)] for c in range(2)])
-        assert np.allclose(got, want)
+    rng = np.random.default_rng(0)
+    for shape in ((9, 11), (2, 3), (1, 1)):   # windows wider than the grid too
+        x = rng.random((2,) + shape)
+        for r in (1, 2):
+            got = upsample.box_mean(x, r)
+            want = np.array([[[x[c, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
+                               for j in range(shape[1])] for i in range(shape[0])] for c in range(2)])
+            assert np.allclose(got, want)
 
 
 def test_guided_filter_sharpens_edges_and_tiles_are_exact():
