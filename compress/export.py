@@ -209,6 +209,16 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
 _DROP_QDQ_OPS = ("Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice")
 
 
+def graph_index(graph) -> tuple:
+    """(producer node of each tensor, consumer nodes of each tensor) of an ONNX graph."""
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producers, consumers
+
+
 def float_ops(path) -> dict:
     """Op types that still compute in float in a QDQ model: those whose inputs are not all dequantized
     int8 tensors (onnxruntime fuses DQ -> op -> Q into an integer kernel only in that case), and
@@ -217,11 +227,7 @@ def float_ops(path) -> dict:
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producers, consumers = graph_index(graph)
     weights = {i.name: i for i in graph.initializer}
 
     def qparams(node) -> tuple:

@@ -58,13 +58,11 @@ def rewrite_stem(src, dst=None) -> bool:
     import onnx
     from onnx import helper, numpy_helper
 
+    from .export import graph_index
+
     model = onnx.load(str(src))
     g = model.graph
-    consumers: dict = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    producers = {o: n for n in g.node for o in n.output}
+    producers, consumers = graph_index(g)
     inits = {t.name: t for t in g.initializer}
 
     def only(tensor, op):

@@ -166,9 +166,10 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
     wx = _bilinear_matrix(W, gw).T.copy()  # (gw, W)
     sx, sy = gw / W, gh / H
     out = np.empty((H, W), dtype=np.uint8)
-    xs, ys = range(0, W, cfg.tile), range(0, H, cfg.tile)
-    cols = [_cells(x0, min(W, x0 + cfg.tile), sx, gw) for x0 in xs]
-    rows = [_cells(y0, min(H, y0 + cfg.tile), sy, gh) for y0 in ys]
+    xs = [(x0, min(W, x0 + cfg.tile)) for x0 in range(0, W, cfg.tile)]   # tile spans across, down
+    ys = [(y0, min(H, y0 + cfg.tile)) for y0 in range(0, H, cfg.tile)]
+    cols = [_cells(x0, x1, sx, gw) for x0, x1 in xs]
+    rows = [_cells(y0, y1, sy, gh) for y0, y1 in ys]
     least, most = _tile_bounds(lo, hi, rows, cols)
 
     def edge_tile(x0, y0, x1, y1, r0, r1, c0, c1) -> None:
@@ -183,10 +184,8 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
         v += 0.5
         np.copyto(out[y0:y1, x0:x1], v, casting="unsafe")
 
-    for i, y0 in enumerate(ys):
-        y1 = min(H, y0 + cfg.tile)
-        for j, x0 in enumerate(xs):
-            x1 = min(W, x0 + cfg.tile)
+    for i, (y0, y1) in enumerate(ys):
+        for j, (x0, x1) in enumerate(xs):
             if most[i, j] - least[i, j] <= 2 * cfg.tolerance:   # e.g. background, or subject at alpha 0.99
                 out[y0:y1, x0:x1] = (least[i, j] + most[i, j]) // 2
             else:
