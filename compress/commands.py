@@ -90,7 +90,7 @@ def add_distill(sub) -> None:
                    help="fit the run into this many minutes: times the first steps, then sets --steps to match")
     p.add_argument("--workers", type=int, default=0,
                    help="augmentation worker processes (default 0: in-process, best on 2 cores; 8+ on a GPU box)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=0, help="default: 16 on CPU, 128 on a GPU")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps before the cosine decay")
     p.add_argument("--eval-every", type=int, default=500)

@@ -22,7 +22,7 @@ def register(sub) -> None:
 def add_finetune_args(p) -> None:
     """The distillation data and run options that prune's and qat's fine-tuning share."""
     add_data_args(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=0, help="default: 16 on CPU, 128 on a GPU")
     p.add_argument("--holdout", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

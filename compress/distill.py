@@ -39,7 +39,7 @@ class TrainConfig:
     out: str = "runs/distill/edgecut-small"
     steps: int = 20000
     minutes: float = 0.0             # > 0: fit the run into this many minutes (sets `steps` after a short probe)
-    batch_size: int = 16
+    batch_size: int = 0              # 0: batch_size_for(device): 16 on CPU, 128 on a GPU
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 300
@@ -70,6 +70,13 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def batch_size_for(device: torch.device, asked: int = 0) -> int:
+    """The batch size asked for, else one that suits the device: 16 keeps two CPU cores busy, while a
+    GPU at 16 waits on kernel launches (on an H200, three runs side by side at 16 made 160-180 photos/s
+    each; one run at 128 made 2,300)."""
+    return asked or (128 if device.type == "cuda" else 16)
 
 
 def alpha_scores(p, t):
@@ -117,12 +124,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if not pairs:
         raise SystemExit(f"no (photo, alpha) pairs under {cfg.data}")
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
+    device = pick_device(cfg.device)
+    cfg.batch_size = batch_size_for(device, cfg.batch_size)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     (out / "split.json").write_text(json.dumps({
         "train": len(train_pairs), "holdout": [f"{p.set}/{p.image.name}" for p in held_pairs],
         "sets": sorted({p.set for p in pairs})}, indent=1))
 
-    device = pick_device(cfg.device)
     last = out / "last.pt"
     start = last if last.exists() else (Path(cfg.init) if cfg.init else None)
     ck = torch.load(start, map_location="cpu", weights_only=False) if start else None
@@ -162,7 +170,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            workers=cfg.workers, device=device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"{cfg.variant}{' (QAT)' if cfg.qat else ''} at {scfg.input_size} px on {device}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
+    print(f"{cfg.variant}{' (QAT)' if cfg.qat else ''} at {scfg.input_size} px on {device}, batch {cfg.batch_size}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
           f"{len(train_pairs)} train / {len(held_pairs)} held-out photos from {len({p.set for p in pairs})} sets")
 
     if cfg.qat:   # after count_macs above: the fake-quant forwards bypass the conv hooks it counts with

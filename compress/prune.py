@@ -234,10 +234,11 @@ def load_finetune_data(cfg, model_cfg, progress: bool = True) -> FinetuneData:
 def finetune(model, data: FinetuneData, cfg, steps: int, progress: bool = True, desc: str = "fine-tune") -> dict:
     """`steps` of distillation on the teacher alphas (same loss, data and augmentation as `distill`),
     with a short warm-up and cosine decay of cfg.lr; returns the last loss and held-out metrics."""
-    from .distill import _lr_at, evaluate, pick_device
+    from .distill import _lr_at, batch_size_for, evaluate, pick_device
     from .losses import distill_loss
 
     device = pick_device(cfg.device)
+    batch_size = batch_size_for(device, cfg.batch_size)
     model.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = replace(cfg, steps=steps, warmup=min(cfg.warmup, max(1, steps // 10)))
@@ -250,7 +251,7 @@ def finetune(model, data: FinetuneData, cfg, steps: int, progress: bool = True, 
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, sched)
-        x, y = data.augmenter.batch(cfg.batch_size)
+        x, y = data.augmenter.batch(batch_size)
         loss, _ = distill_loss(model.forward_logits(x.to(device).contiguous(memory_format=torch.channels_last)),
                                y.to(device))
         opt.zero_grad(set_to_none=True)

@@ -11,8 +11,14 @@
 # `edgecut export runs/distill/NAME/best.pt --calibrate --heldout-data ../shared/data/train ...`.
 #
 #   MINUTES=8 OUT=/tmp/out scripts/gpu_distill.sh small-c4 "--variant edgecut-small --init ckpt.pt" medium "--variant edgecut-medium"
+#
+# QAT_MINUTES=2.5 ends each run with that much quantization-aware fine-tuning of its best.pt (in
+# NAME-qat, inside the same MINUTES; QAT_ARGS are its extra options, e.g. "--exclude samples"): the
+# int8 export then starts from weights that know int8. MINUTES counts training only: unpacking and
+# loading the photos add about a minute to each stage, so leave room in the call's own time limit.
 set -u
 MIN=${MINUTES:-8}
+QAT_MIN=${QAT_MINUTES:-0}
 OUT=${OUT:-runs/gpu}
 DATA=${DATA:-.pack/train}
 PY=${PY:-python3}
@@ -32,10 +38,20 @@ distill() {  # name, minutes, extra args...
         >> "$work/$name.out" 2>&1
 }
 
+qat() {  # name: fine-tune NAME/best.pt with fake int8 into NAME-qat
+    "$PY" -m edgecut.cli compress qat "$work/$1/best.pt" --data "$DATA" --out "$work/$1-qat" \
+        --minutes "$QAT_MIN" --no-progress ${QAT_ARGS:-} >> "$work/$1-qat.out" 2>&1
+}
+
 run_one() {  # name, args
     local name=$1 args=$2
+    local minutes
+    minutes=$(python3 -c "print(max(1.0, $MIN - $QAT_MIN))")
     # shellcheck disable=SC2086
-    distill "$name" "$MIN" $args && return
+    if distill "$name" "$minutes" $args; then
+        python3 -c "import sys; sys.exit(not $QAT_MIN > 0)" && qat "$name"
+        return 0
+    fi
     local left=$(( (end - $(date +%s)) / 60 ))
     echo "$name: failed; retrying with 4 CPU augmentation workers for ${left} min" >> "$work/$name.out"
     rm -rf "${work:?}/$name"

@@ -6,7 +6,8 @@ alphas to lossless WebP (20% smaller than PNG) re-quantised to the teacher's own
 values, which compresses badly). The layout stays <set>/images + <set>/teacher, and file stems stay
 the same, so `find_pairs` and the stem-keyed held-out split see the same photos.
 
-    python scripts/pack_data.py ../shared/data/train .pack/train --side 288 --quality 60
+    python scripts/pack_data.py ../shared/data/train .pack/train --side 288 --quality 60 \
+        --label-root .cache/labels --exclude samples
 """
 from __future__ import annotations
 
@@ -42,9 +43,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quality", type=int, default=60, help="WebP quality of the photos")
     ap.add_argument("--levels", type=int, default=32, help="alpha levels kept (0: all 256)")
     ap.add_argument("--exclude", type=Path, help="skip photos named as files in this folder (the demo samples)")
+    ap.add_argument("--label-root", type=Path, action="append", default=[],
+                    help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+    ap.add_argument("--sets", help="comma-separated set names (default: all with alphas)")
     args = ap.parse_args(argv)
     exclude = {p.name for p in args.exclude.iterdir()} if args.exclude else ()
-    pairs = find_pairs(args.src, exclude=exclude)
+    pairs = find_pairs(args.src, sets=args.sets and args.sets.split(","), label_roots=args.label_root,
+                       exclude=exclude)
     from tqdm import tqdm
 
     with ThreadPoolExecutor() as pool:

@@ -131,6 +131,14 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     assert torch.allclose(after["model"][key], torch.full_like(after["model"][key], 0.5), atol=0.01)
 
 
+def test_batch_size_follows_the_device_unless_asked():
+    from edgecut.compress.distill import batch_size_for
+
+    assert batch_size_for(torch.device("cpu")) == 16
+    assert batch_size_for(torch.device("cuda")) == 128   # no GPU needed to name one
+    assert batch_size_for(torch.device("cuda"), 32) == 32
+
+
 def test_cli_distill_then_export_int8(train_dir, tmp_path, capsys, monkeypatch):
     from edgecut.cli import main
     from edgecut.runtime.manifest import Manifest
