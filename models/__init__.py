@@ -84,10 +84,17 @@ def _checked(model_file: Path, manifest: Manifest, where) -> Tuple[Path, Manifes
     return model_file, manifest
 
 
+def _embedded_model(name: str, folder: Path) -> Tuple[Path, Manifest]:
+    m = _load_manifest(folder / "manifest.json")
+    m.name = name
+    return _checked(folder / m.file, m, folder / "manifest.json")
+
+
 def resolve(model: Union[str, os.PathLike] = "default") -> Tuple[Path, Manifest]:
     """Find (model file, manifest) for a name, a model folder, a manifest .json or a model file.
 
-    Names win over paths so that `--model default` never picks up a stray folder called `default`.
+    Names win over paths so that `--model default` never picks up a stray folder called `default`;
+    a short name (`fast` for `edgecut-fast`) is tried last, so a real path of that name still wins.
     """
     key = str(model)
     embedded = _embedded()
@@ -98,10 +105,7 @@ def resolve(model: Union[str, os.PathLike] = "default") -> Tuple[Path, Manifest]
                 f"no embedded model in {embedded_dir()}; pass --model PATH (an .onnx with its manifest)")
         key = name
     if key in embedded:
-        folder = embedded[key]
-        m = _load_manifest(folder / "manifest.json")
-        m.name = key
-        return _checked(folder / m.file, m, folder / "manifest.json")
+        return _embedded_model(key, embedded[key])
 
     p = Path(model).expanduser()
     if p.is_dir() and (p / "manifest.json").is_file():
@@ -120,6 +124,8 @@ def resolve(model: Union[str, os.PathLike] = "default") -> Tuple[Path, Manifest]
         if p.suffix.lower() == ".tflite":
             m.format = "tflite"
         return p, m
+    if f"edgecut-{key}" in embedded:
+        return _embedded_model(f"edgecut-{key}", embedded[f"edgecut-{key}"])
     names = ", ".join(embedded) or "none"
     raise EdgecutError(
         f"unknown model {key!r}: not an embedded model (available: {names}) "

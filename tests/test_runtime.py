@@ -7,6 +7,7 @@ import struct
 import sys
 import types
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,15 @@ def test_registry_lists_default_and_resolves_by_name(model_zoo, tiny_model_dir):
     assert path == model_zoo / "tiny" / "model.onnx" and m.name == "tiny"
     (model_zoo / "DEFAULT").unlink()
     assert models.default_model() == "another"      # no DEFAULT file: first by name
+
+
+def test_short_names_resolve_after_paths(model_zoo, tiny_model_dir, tmp_path, monkeypatch):
+    shutil.copytree(tiny_model_dir, model_zoo / "edgecut-quick")
+    path, m = models.resolve("quick")
+    assert path == model_zoo / "edgecut-quick" / "model.onnx" and m.name == "edgecut-quick"
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model_dir, tmp_path / "quick")      # a folder of that name wins over the alias
+    assert models.resolve("quick")[0] == Path("quick") / "model.onnx"
 
 
 def test_resolve_accepts_folder_manifest_and_model_file(tiny_model_dir, tmp_path):
