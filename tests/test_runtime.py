@@ -94,6 +94,13 @@ def test_infer_finds_the_red_disk(tiny_session, photo_array):
     assert a[small_disk].mean() > 0.9 and a[~small_disk].mean() < 0.05
 
 
+def test_input_size_arrays_skip_pillow_with_the_same_result(tiny_session, photo_array):
+    rgb = np.asarray(Image.fromarray(photo_array[0]).resize((64, 64)))
+    direct = tiny_session.preprocess(rgb)                              # no resize: used as it is
+    assert np.array_equal(direct, tiny_session.preprocess(Image.fromarray(rgb)))
+    assert np.array_equal(direct, tiny_session.preprocess(np.asfortranarray(rgb)))
+
+
 def test_alpha_is_full_resolution_and_refine_helps(tiny_session, photo_array):
     rgb, disk = photo_array
     refined = tiny_session.alpha(rgb)
