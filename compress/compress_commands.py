@@ -1,4 +1,4 @@
-"""`edgecut compress prune|quantize`: make a trained student smaller or integer.
+"""`edgecut compress prune|quantize|qat|soup`: make a trained student smaller, integer or steadier.
 
 Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
 """
@@ -11,11 +11,12 @@ from .commands import add_data_args, check_input_size, data_options, train_root
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compress", help="prune a trained student, or quantize an exported model to int8")
+    p = sub.add_parser("compress", help="prune, quantize (PTQ or QAT) or average (soup) trained students")
     verbs = p.add_subparsers(dest="compress_command", metavar="STEP")
     add_prune(verbs)
     add_quantize(verbs)
     add_qat(verbs)
+    add_soup(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -205,4 +206,20 @@ def run_qat(args) -> int:
     best = train(cfg, progress=not args.no_progress)
     size = f" --input-size {cfg.input_size}" if cfg.input_size else ""
     print(f"QAT checkpoint: {best}  (make the int8 model with: edgecut export {best} --name NAME --int8{size})")
+    return 0
+
+
+# --- soup --------------------------------------------------------------------------------------
+def add_soup(sub) -> None:
+    p = sub.add_parser("soup", help="average the weights of runs that started from the same checkpoint")
+    p.add_argument("checkpoints", type=Path, nargs="+", help="two or more best.pt of one architecture")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the soup's best.pt")
+    p.set_defaults(func=run_soup)
+
+
+def run_soup(args) -> int:
+    from .soup import soup
+
+    best = soup(args.checkpoints, args.out)
+    print(f"soup of {len(args.checkpoints)} checkpoints: {best}  (then: edgecut export {best} --calibrate ...)")
     return 0

@@ -1,0 +1,57 @@
+"""Weight soups: one student whose weights are the mean of several runs from the same start.
+
+Why: runs that start from the same weights and differ only in seed or length tend to end in one
+basin of the loss, where the average of their weights generalises better than each of them
+(Wortsman et al. 2022, "Model soups"), at no cost at inference. Measured here: three 192 px
+runs from one checkpoint scored 0.6630, 0.6531 and 0.6629 held-out IoU as int8; their soup 0.6737.
+BatchNorm's running statistics are averaged with the weights: re-estimating them on 512 training
+photos afterwards scored lower (0.6694).
+
+The soup is written like a distill run (best.pt, plus the first run's config.json and split.json),
+so `export --calibrate`, `compress qat` and `distill --init` take it as they take any run.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..runtime.errors import EdgecutError
+
+
+def average(checkpoints: list[dict]) -> dict:
+    """The first checkpoint with every floating tensor replaced by the mean over all of them."""
+    first = checkpoints[0]
+    for i, ck in enumerate(checkpoints[1:], 2):
+        if ck.get("variant") != first.get("variant") or ck.get("input_size") != first.get("input_size"):
+            raise EdgecutError(f"checkpoint {i} is {ck.get('variant')} at {ck.get('input_size')} px, "
+                               f"the first {first.get('variant')} at {first.get('input_size')} px")
+        shapes = {k: tuple(v.shape) for k, v in ck["model"].items()}
+        if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
+            raise EdgecutError(f"checkpoint {i} has other tensors or shapes than the first "
+                               "(another architecture, or pruned differently)")
+    model = {k: (torch.stack([ck["model"][k].float() for ck in checkpoints]).mean(0).to(v.dtype)
+                 if v.is_floating_point() else v)
+             for k, v in first["model"].items()}
+    keep = {k: v for k, v in first.items() if k not in ("model", "opt", "holdout", "step", "best", "steps")}
+    return {**keep, "model": model, "step": 0}
+
+
+def soup(paths: list[Path], out: Path) -> Path:
+    if len(paths) < 2:
+        raise EdgecutError("a soup needs at least two checkpoints")
+    for p in paths:
+        if not Path(p).is_file():
+            raise EdgecutError(f"{p}: no such checkpoint")
+    ck = average([torch.load(p, map_location="cpu", weights_only=False) for p in paths])
+    ck["soup"] = [str(p) for p in paths]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "split.json"):   # the held-out split that export --calibrate uses
+        src = Path(paths[0]).parent / name
+        if src.is_file() and src.resolve() != (out / name).resolve():
+            shutil.copyfile(src, out / name)
+    tmp = out / "best.pt.tmp"
+    torch.save(ck, tmp)
+    tmp.replace(out / "best.pt")
+    return out / "best.pt"
