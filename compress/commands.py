@@ -226,8 +226,8 @@ def _resize_student(model, size: int) -> None:
 
 def run_export(args) -> int:
     from ..runtime.errors import EdgecutError
-    from .export import (calibration_photos, export_onnx, load_student, measure_export, quantize_int8,
-                         summary_table)
+    from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
+                         quantize_int8, summary_table)
 
     if not args.checkpoint.is_file():
         raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
@@ -257,9 +257,9 @@ def run_export(args) -> int:
         print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
               f"{cal['shift']:+.3f}); on {cal['photos_checked']} others IoU {cal['before']['iou']:.4f} -> "
               f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
-    rows = []
+    rows, data = [], describe_data(args.checkpoint.parent)
     if args.format == "onnx":
-        fp32 = export_onnx(model, args.out, args.name, notes=args.notes, extra=extra)
+        fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra)
         print(f"fp32: {fp32}")
         rows.append({"format": "onnx", "precision": "fp32", "status": "ok", "folder": fp32})
         if args.int8:
@@ -274,10 +274,11 @@ def run_export(args) -> int:
             raise EdgecutError(INSTALL_HINT)
         name = f"{args.name}-tflite"
         rows.append(_attempt("tflite", "fp32",
-                             lambda: export_tflite(model, args.out, name, notes=args.notes, extra=extra)))
+                             lambda: export_tflite(model, args.out, name, data=data, notes=args.notes, extra=extra)))
         if args.int8:
             rows.append(_attempt("tflite", "int8", lambda: export_tflite(
-                model, args.out, f"{name}-int8", int8=True, calib_photos=photos, notes=args.notes, extra=extra)))
+                model, args.out, f"{name}-int8", int8=True, calib_photos=photos, data=data, notes=args.notes,
+                extra=extra)))
     for r in rows:
         if r["status"] == "ok":
             r.update(measure_export(r["folder"], args.quick_iou))

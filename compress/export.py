@@ -10,6 +10,7 @@ activation ranges seen in calibration are the ones seen in use.
 """
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import tempfile
@@ -25,6 +26,23 @@ DEFAULT_TEACHER = ("IS-Net, img.ly @imgly/background-removal-data@1.4.5 '/models
 DEFAULT_DATA = ("../shared/data/train: caltech101, imagenette, imagenet_sample_1000, portrait_shen2016_nontest, "
                 "ccp_unlabeled, cats_dogs, grocery_store (research-use terms; ImageNet terms for the ImageNet "
                 "subsets), labelled by the teacher")
+# Terms of the training sets in ../shared/data/README.md; any set not named here: research use.
+SET_TERMS = {"clothing": "CC0 1.0", "imagenette": "ImageNet terms", "imagenet_sample_1000": "ImageNet terms"}
+
+
+def describe_data(run_dir) -> str:
+    """The training sets a run saw (its split.json) and their terms, for the manifest: a model says
+    what it learnt from. DEFAULT_DATA where the run folder does not say."""
+    split = Path(run_dir) / "split.json"
+    sets = json.loads(split.read_text()).get("sets") if split.is_file() else None
+    if not sets:
+        return DEFAULT_DATA
+    other = [s for s in sets if s not in SET_TERMS]
+    terms = ([f"{', '.join(other)}: research use"] if other else []) + \
+        [f"{s}: {SET_TERMS[s]}" for s in sets if s in SET_TERMS]
+    return f"training sets {', '.join(sets)} ({'; '.join(terms)}), labelled by the teacher"
+
+
 DEFAULT_LICENSE = ("code Apache-2.0; weights trained on research-use photos: research and evaluation use, "
                    "see MODEL_CARD.md")
 

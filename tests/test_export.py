@@ -1,4 +1,6 @@
 """Export round trip: torch student -> ONNX (fp32, int8) -> the lean runtime gives the same alpha."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -128,3 +130,13 @@ def test_model_card_carries_provenance_and_measured_table(exported):
     text = model_card.render(Manifest.load(folder / "manifest.json"), bench)
     assert "AGPL-3.0" in text and "research" in text and "sha256" in text
     assert "horse" in text and "0.5000" in text and "edgecut bench accuracy" in text
+
+
+def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
+    from edgecut.compress.export import DEFAULT_DATA, describe_data
+
+    assert describe_data(tmp_path) == DEFAULT_DATA            # a folder that does not say
+    (tmp_path / "split.json").write_text(json.dumps({"sets": ["caltech101", "clothing", "imagenette"]}))
+    said = describe_data(tmp_path)
+    assert said.startswith("training sets caltech101, clothing, imagenette")
+    assert "caltech101: research use" in said and "clothing: CC0 1.0" in said and "imagenette: ImageNet" in said
