@@ -247,6 +247,8 @@ def run_export(args) -> int:
         extra["qat"] = True
     if ck.get("pruned"):
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
+    if ck.get("soup"):   # `compress soup`: which runs were averaged
+        extra["soup"] = ck["soup"]
     if args.calibrate:
         from .calibrate import calibrate
 

@@ -12,7 +12,9 @@ from ..runtime.manifest import Manifest
 
 
 def _training_line(m: Manifest):
-    step, held = m.extra.get("checkpoint_step"), m.extra.get("holdout")
+    step, held, soup = m.extra.get("checkpoint_step"), m.extra.get("holdout"), m.extra.get("soup")
+    if soup:   # `compress soup`: no step of its own
+        return f"- training: weight soup (mean of the weights) of {len(soup)} runs: {', '.join(soup)}"
     if step is None:
         return None
     line = f"- training: checkpoint at step {step}"
@@ -91,7 +93,9 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         f"- licence: {manifest.license}",
         "",
         "The training photos are research-use sets (Caltech-101, ImageNet subsets, Shen et al. 2016 portraits, "
-        "Clothing Co-Parsing, cats and dogs, grocery shelves): the weights inherit those terms and "
+        "Clothing Co-Parsing, cats and dogs, grocery shelves"
+        + ("; the CC0 clothing photos add no restriction" if "clothing" in manifest.data else "")
+        + "): the weights inherit those terms and "
         "are meant for research and evaluation. The teacher (AGPL-3.0) only labelled photos; none of its weights "
         "are in this model.",
         "",

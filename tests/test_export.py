@@ -130,6 +130,12 @@ def test_model_card_carries_provenance_and_measured_table(exported):
     text = model_card.render(Manifest.load(folder / "manifest.json"), bench)
     assert "AGPL-3.0" in text and "research" in text and "sha256" in text
     assert "horse" in text and "0.5000" in text and "edgecut bench accuracy" in text
+    souped = Manifest.load(folder / "manifest.json")
+    souped.extra = {**souped.extra, "checkpoint_step": 0, "soup": ["a/best.pt", "b/best.pt"]}
+    souped.data = "training sets clothing (clothing: CC0 1.0), labelled by the teacher"
+    text = model_card.render(souped)
+    assert "weight soup (mean of the weights) of 2 runs: a/best.pt, b/best.pt" in text
+    assert "step 0" not in text and "CC0 clothing photos add no restriction" in text
 
 
 def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
