@@ -170,7 +170,10 @@ def test_ctrl_c_leaves_a_valid_video(tiny_model_dir, tmp_path):
     out = tmp_path / "out.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "edgecut.cli", "video", "-i", str(src), "-o", str(out),
                              "--model", str(tiny_model_dir), "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            # A shell that runs this suite in the background (CI under `cmd &`) starts it
+                            # with SIGINT ignored, which the child would inherit: give it Ctrl-C back.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.*partial.mp4")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
