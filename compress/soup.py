@@ -18,17 +18,18 @@ from pathlib import Path
 import torch
 
 from ..runtime.errors import EdgecutError
+from .distill import _save_atomic
 
 
 def average(checkpoints: list[dict]) -> dict:
     """The first checkpoint with every floating tensor replaced by the mean over all of them."""
     first = checkpoints[0]
+    first_shapes = {k: tuple(v.shape) for k, v in first["model"].items()}
     for i, ck in enumerate(checkpoints[1:], 2):
         if ck.get("variant") != first.get("variant") or ck.get("input_size") != first.get("input_size"):
             raise EdgecutError(f"checkpoint {i} is {ck.get('variant')} at {ck.get('input_size')} px, "
                                f"the first {first.get('variant')} at {first.get('input_size')} px")
-        shapes = {k: tuple(v.shape) for k, v in ck["model"].items()}
-        if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
+        if {k: tuple(v.shape) for k, v in ck["model"].items()} != first_shapes:
             raise EdgecutError(f"checkpoint {i} has other tensors or shapes than the first "
                                "(another architecture, or pruned differently)")
     model = {k: (torch.stack([ck["model"][k].float() for ck in checkpoints]).mean(0).to(v.dtype)
@@ -51,7 +52,5 @@ def soup(paths: list[Path], out: Path) -> Path:
         src = Path(paths[0]).parent / name
         if src.is_file() and src.resolve() != (out / name).resolve():
             shutil.copyfile(src, out / name)
-    tmp = out / "best.pt.tmp"
-    torch.save(ck, tmp)
-    tmp.replace(out / "best.pt")
+    _save_atomic(ck, out / "best.pt")
     return out / "best.pt"
