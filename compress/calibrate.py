@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .data import eval_tensors, find_pairs, load_all, split_pairs
-from .distill import alpha_scores, evaluate
+from .distill import alpha_scores
 
 
 def heldout_tensors(run_dir, input_size: int, mean, std, data=None):
@@ -58,7 +58,10 @@ def fit(model, x, y) -> tuple[float, float]:
     A grid, not a BCE fit: measured on edgecut-medium's held-out photos, the BCE optimum cut MAE
     but moved the 0.5 boundary enough to lose IoU, while the grid's choice improved both. Two
     parameters over ~70 photos: too few to over-fit."""
-    z = _logits(model, x)
+    return fit_logits(_logits(model, x), y)
+
+
+def fit_logits(z, y) -> tuple[float, float]:
     best = None
     for a in SCALES:
         for c in SHIFTS:
@@ -75,14 +78,32 @@ def fold_into_head(model, a: float, c: float) -> None:
     head.bias.mul_(a).add_(c)
 
 
+def _cross_checked(z, y) -> dict:
+    """Scores of the calibration on photos its fit did not see: two folds, each half scored with
+    the fit on the other half, pooled over all photos."""
+    folds = (slice(0, None, 2), slice(1, None, 2))
+    ious, maes = [], []
+    for fit_idx, check_idx in (folds, folds[::-1]):
+        a, c = fit_logits(z[fit_idx], y[fit_idx])
+        iou, mae = alpha_scores(torch.sigmoid(a * z[check_idx] + c), y[check_idx])
+        ious.append(iou)
+        maes.append(mae)
+    return {"iou": float(torch.cat(ious).mean()), "mae": float(torch.cat(maes).mean())}
+
+
 def calibrate(model, run_dir, data=None) -> dict:
-    """Fit on half the held-out photos, report on the other half, fold the fit into the model."""
+    """Fit on all the held-out photos and fold the fit into the model; report what a fit does to
+    photos it did not see by two-fold cross-validation on the same photos.
+
+    Why all of them: measured on edgecut-fast's and edgecut-accurate's 135 held-out photos, a fit on
+    one half (the earlier scheme) landed 0.3-0.5 IoU points below the fit on all of them, scored on
+    all of them; the grid is coarse and ~70 photos are few."""
     cfg = model.cfg
     x, y = heldout_tensors(run_dir, cfg.input_size, cfg.mean, cfg.std, data)
-    fit_idx, test_idx = slice(0, None, 2), slice(1, None, 2)
-    a, c = fit(model, x[fit_idx], y[fit_idx])
-    before = evaluate(model, x[test_idx], y[test_idx])
+    z = _logits(model, x)
+    a, c = fit_logits(z, y)
+    iou, mae = _scores(torch.sigmoid(z), y)
+    report = {"scale": a, "shift": c, "photos_fit": len(x), "photos_checked": len(x), "check": "2-fold",
+              "before": {"iou": iou, "mae": mae}, "after": _cross_checked(z, y)}
     fold_into_head(model, a, c)
-    after = evaluate(model, x[test_idx], y[test_idx])
-    return {"scale": a, "shift": c, "photos_fit": len(x[fit_idx]), "photos_checked": len(x[test_idx]),
-            "before": before, "after": after}
+    return report

@@ -257,7 +257,7 @@ def run_export(args) -> int:
         except FileNotFoundError as e:
             raise EdgecutError(str(e)) from None
         print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
-              f"{cal['shift']:+.3f}); on {cal['photos_checked']} others IoU {cal['before']['iou']:.4f} -> "
+              f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
               f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     rows, data = [], describe_data(args.checkpoint.parent)
     if args.format == "onnx":

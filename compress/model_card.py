@@ -27,8 +27,10 @@ def _calibration_line(m: Manifest):
     cal = m.extra.get("calibration")
     if not cal:
         return None
+    checked = ("on the same photos, each half scored with the fit on the other half," if cal.get("check") == "2-fold"
+               else f"on {cal['photos_checked']} others")
     return (f"- logit calibration folded into the head: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
-            f"fitted on {cal['photos_fit']} held-out training photos; on {cal['photos_checked']} others MAE "
+            f"fitted on {cal['photos_fit']} held-out training photos; {checked} MAE "
             f"{cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}, IoU {cal['before']['iou']:.4f} -> "
             f"{cal['after']['iou']:.4f}")
 
