@@ -86,13 +86,14 @@ def run_accuracy(args) -> int:
     results = accuracy.run_accuracy(models, sets, args.limit, args.threads, args.teacher_path,
                                     refine=not args.no_refine, progress=not args.no_progress,
                                     cache_dir=args.cache)
-    print(accuracy.results_table(results))
+    printed = accuracy.results_table(results)
+    print(printed)
     payload = {**report.header("accuracy", args), "data": str(args.data or accuracy.default_data_dir()),
                "limit": args.limit, "refine": not args.no_refine,
                "cache": str(args.cache) if args.cache else None, "boundary_tolerance_px": 3,
                "maxf_protocol": "mean precision/recall curves over a set's images, then max F (beta^2=0.3)",
                "mean_over_sets": "unweighted mean of per-set values", "models": results}
-    out = report.write_json(args.json or report.default_json_path("accuracy"), payload)
+    out = report.write_results(args.json or report.default_json_path("accuracy"), payload, printed)
     print(f"results: {out}")
     failed = sum(len(s["failed"]) for r in results for s in r["sets"].values())
     return 1 if failed else 0
@@ -124,15 +125,16 @@ def run_latency(args) -> int:
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
     results, photo = latency.run_latency(args.model or ["default"], cfg)
-    print(latency.results_tables(results))
+    printed = latency.results_tables(results)
     if args.profile:
         from .profile import profile_table
-        print("\n" + profile_table(results))
+        printed += "\n\n" + profile_table(results)
+    print(printed)
     payload = {**report.header("latency", args), "photo": photo, "runs": args.runs,
                "timing": "Session.infer on an RGB array already at the model's input size "
                          "(network + normalisation); end-to-end stages are medians",
                "models": results}
-    out = report.write_json(args.json or report.default_json_path("latency"), payload)
+    out = report.write_results(args.json or report.default_json_path("latency"), payload, printed)
     print(f"results: {out}")
     return 0
 
@@ -199,10 +201,11 @@ def run_agree(args) -> int:
     sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
     results = agreement.run_agreement(args.reference, args.model, sets, args.limit, args.threads,
                                       args.teacher_path, progress=not args.no_progress)
-    print(agreement.results_table(results))
-    out = report.write_json(args.json or report.default_json_path("agree"),
-                            {**report.header("agree", args), "data": str(data), "limit": args.limit,
-                             "units": "1/255 of alpha", "models": results})
+    printed = agreement.results_table(results)
+    print(printed)
+    out = report.write_results(args.json or report.default_json_path("agree"),
+                               {**report.header("agree", args), "data": str(data), "limit": args.limit,
+                                "units": "1/255 of alpha", "models": results}, printed)
     print(f"results: {out}")
     worse = [r["model"]["name"] for r in results
              if args.max_mean is not None and (r["all"]["mean"] is None or r["all"]["mean"] > args.max_mean)]

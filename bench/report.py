@@ -87,6 +87,14 @@ def write_json(path: Path, payload: dict) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
+def write_results(path: Path, payload: dict, printed: str) -> Path:
+    """The JSON and, beside it as .txt, the table the command printed: the plain log that a reviewer
+    diffs between runs (and the README quotes), so nobody copies it from a terminal by hand."""
+    out = write_json(path, payload)
+    write_text_atomic(out.with_suffix(".txt"), printed.rstrip("\n") + "\n")
+    return out
+
+
 def table(headers: Sequence[str], rows: List[Sequence], text_cols: int = 1, title: Optional[str] = None) -> str:
     """Plain aligned columns: the first `text_cols` left, numbers right (as Ultralytics prints)."""
     cells = [[_fmt(c) for c in r] for r in rows]

@@ -54,6 +54,7 @@ def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys)
     assert rc == 0
     table = capsys.readouterr().out
     assert "grabcut" in table and "mean" in table and "IoU" in table
+    assert out.with_suffix(".txt").read_text() in table     # the printed table, kept beside the JSON
     res = json.loads(out.read_text())
     assert res["kind"] == "accuracy" and res["machine"]["cores"] >= 1 and res["options"]["limit"] is None
     assert len(res["models"]) == 2
@@ -80,6 +81,7 @@ def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "p50(ms)" in text and "Decode(ms)" in text
+    assert "p50(ms)" in out.with_suffix(".txt").read_text()
     [m] = json.loads(out.read_text())["models"]
     assert m["params"] == 21 and m["macs"] is None and m["file_bytes"] > 0 and m["load_ms"] > 0
     assert set(m["latency"]) == {"1", "2"}
