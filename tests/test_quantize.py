@@ -91,3 +91,17 @@ def test_cli_quantize_bad_input(fp32, photos, tmp_path, capsys):
     empty.mkdir()
     assert main(["compress", "quantize", str(fp32), "--calib", str(empty), "--out", str(tmp_path)]) == 1
     assert "no calibration photos" in capsys.readouterr().err
+
+
+def test_depthwise_bench_script_times_each_channel_count(capsys):
+    """scripts/depthwise_bench.py builds valid int8 depthwise chains and prints one timing per count."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "depthwise_bench.py"
+    spec = importlib.util.spec_from_file_location("depthwise_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--size", "8", "--channels", "8,16", "--layers", "3", "--runs", "3"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["8", "16"] and all(len(r) == 3 for r in rows)
