@@ -193,23 +193,18 @@ def test_calibration_folds_exactly_into_the_head(train_dir, tmp_path):
 
 
 def test_calibration_fit_finds_a_known_logit_shift():
-    from edgecut.compress.calibrate import fit
+    from edgecut.compress.calibrate import fit_logits
 
     y = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
-
-    class Biased(torch.nn.Module):  # logits 2 too high: too much foreground, as composites teach
-        def forward_logits(self, x):
-            return torch.logit(y) + 2
-
-    assert fit(Biased(), torch.zeros(6), y) == (1.0, -2.0)
+    logits = torch.logit(y) + 2    # 2 too high: too much foreground, as composites teach
+    assert fit_logits(logits, y) == (1.0, -2.0)
 
 
 def test_calibration_cross_check_scores_each_half_with_the_other_halfs_fit():
-    from edgecut.compress.calibrate import _cross_checked, _scores, fit_logits
+    from edgecut.compress.calibrate import _cross_checked, _scores
 
     y = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.9 + 0.05
     same = torch.logit(y) + 2                                   # one bias: either half's fit undoes it
-    assert fit_logits(same, y) == (1.0, -2.0)
     assert _cross_checked(same, y)["mae"] < 1e-5
     split = same.clone()
     split[1::2] -= 4                                            # halves biased +2 and -2
