@@ -69,9 +69,9 @@ def fit_logits(z, y) -> tuple[float, float]:
 
 @torch.no_grad()
 def fold_into_head(model, a: float, c: float) -> None:
-    head = model.decoder.head
-    head.weight.mul_(a)
-    head.bias.mul_(a).add_(c)
+    for head in model.heads() if hasattr(model, "heads") else [model.decoder.head]:
+        head.weight.mul_(a)
+        head.bias.mul_(a).add_(c)
 
 
 def _cross_checked(z, y) -> dict:

@@ -104,6 +104,9 @@ def add_distill(sub) -> None:
     p.add_argument("--input-size", type=int, default=0, metavar="PX",
                    help="train at this square size instead of the variant's (a multiple of 32), e.g. to "
                         "fine-tune for an `export --input-size` model; export then uses it by default")
+    p.add_argument("--pattern-bg", type=float, default=0.0, metavar="P",
+                   help="fraction of composites pasted onto a tiled pattern (wrapping paper, prints) instead "
+                        "of a photo (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to files); log.jsonl has it all")
     p.set_defaults(func=run_distill)
 
@@ -116,6 +119,7 @@ def run_distill(args) -> int:
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=check_input_size(args.input_size))
+    cfg.augment.pattern_p = args.pattern_bg
     best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
     return 0
@@ -249,6 +253,10 @@ def run_export(args) -> int:
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
     if ck.get("soup"):   # `compress soup`: which runs were averaged
         extra["soup"] = ck["soup"]
+    if ck.get("ensemble"):   # `compress ensemble`: which runs, at which sizes, each calibrated how
+        extra["ensemble"] = [{"source": m.get("source"), "input_size": m["input_size"], "soup": m.get("soup"),
+                              "pruned": bool(m.get("pruned")), "calibration": m.get("calibration")}
+                             for m in ck["ensemble"]]
     if args.calibrate:
         from .calibrate import calibrate
 
@@ -259,7 +267,8 @@ def run_export(args) -> int:
         print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
               f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
               f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
-    rows, data = [], describe_data(args.checkpoint.parent)
+    runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
+    rows, data = [], "; ".join(dict.fromkeys(describe_data(r) for r in runs or [args.checkpoint.parent]))
     if args.format == "onnx":
         fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra)
         print(f"fp32: {fp32}")

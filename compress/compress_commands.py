@@ -1,4 +1,4 @@
-"""`edgecut compress prune|quantize|qat|soup`: make a trained student smaller, integer or steadier.
+"""`edgecut compress prune|quantize|qat|soup|ensemble`: make trained students smaller, integer or steadier.
 
 Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
 """
@@ -17,6 +17,7 @@ def register(sub) -> None:
     add_quantize(verbs)
     add_qat(verbs)
     add_soup(verbs)
+    add_ensemble(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -222,4 +223,27 @@ def run_soup(args) -> int:
 
     best = soup(args.checkpoints, args.out)
     print(f"soup of {len(args.checkpoints)} checkpoints: {best}  (then: edgecut export {best} --calibrate ...)")
+    return 0
+
+
+# --- ensemble ----------------------------------------------------------------------------------
+def add_ensemble(sub) -> None:
+    p = sub.add_parser("ensemble", help="run several trained students as one model (their logits averaged)")
+    p.add_argument("members", nargs="+", metavar="CHECKPOINT[@SIZE]",
+                   help="two or more checkpoints, each optionally at another input size (a multiple of 32)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the ensemble's best.pt")
+    p.add_argument("--name", default="ensemble", help="architecture name kept in the manifest")
+    p.add_argument("--no-calibrate-members", action="store_true",
+                   help="average the members' raw logits (default: calibrate each on its held-out photos first)")
+    p.add_argument("--heldout-data", metavar="DIR",
+                   help="the members' training root here, if they trained elsewhere (a GPU box)")
+    p.set_defaults(func=run_ensemble)
+
+
+def run_ensemble(args) -> int:
+    from .ensemble import build, parse_member
+
+    best = build([parse_member(m) for m in args.members], args.out, args.name,
+                 calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
+    print(f"ensemble of {len(args.members)} students: {best}  (then: edgecut export {best} --calibrate ...)")
     return 0

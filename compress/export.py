@@ -59,6 +59,10 @@ def student_from_checkpoint(ck: dict, variant=None):
         variant = ck["variant"]
         if ck.get("input_size"):   # trained at another size than the variant's (`--input-size`)
             variant = replace(get_variant(variant), input_size=ck["input_size"])
+    if ck.get("ensemble"):   # `edgecut compress ensemble`: the members, each at its own size
+        from ..models.ensemble import Ensemble
+
+        return Ensemble([student_from_checkpoint(m) for m in ck["ensemble"]], name=ck["variant"])
     if ck.get("pruned"):
         from .prune import rebuild_pruned
 

@@ -13,6 +13,8 @@ from ..runtime.manifest import Manifest
 
 def _training_line(m: Manifest):
     step, held, soup = m.extra.get("checkpoint_step"), m.extra.get("holdout"), m.extra.get("soup")
+    if m.extra.get("ensemble"):   # its members' lines say where each came from
+        return None
     if soup:   # `compress soup`: no step of its own
         return f"- training: weight soup (mean of the weights) of {len(soup)} runs: {', '.join(soup)}"
     if step is None:
@@ -21,6 +23,19 @@ def _training_line(m: Manifest):
     if held:
         line += f"; held-out agreement with the teacher IoU {held['iou']:.4f}, MAE {held['mae']:.4f}"
     return line
+
+
+def _ensemble_lines(m: Manifest) -> list:
+    members = m.extra.get("ensemble") or []
+    lines = []
+    for i, e in enumerate(members, 1):
+        what = f"weight soup of {len(e['soup'])} runs" if e.get("soup") else f"`{e.get('source')}`"
+        cal = e.get("calibration")
+        lines.append(f"- member {i}: {what}, run at {e['input_size']}x{e['input_size']}"
+                     + (", pruned graph" if e.get("pruned") else "")
+                     + (f"; own calibration sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}) before the mean"
+                        if cal else ""))
+    return lines
 
 
 def _calibration_line(m: Manifest):
@@ -63,12 +78,18 @@ def _pruning_line(m: Manifest):
 
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:
     q = manifest.extra.get("quantization", {})
+    members = manifest.extra.get("ensemble") or []
+    what = (f"An ensemble of {len(members)} students, `{manifest.architecture}` ({manifest.params:,} parameters in all, "
+            f"{manifest.macs / 1e6:.0f}M MACs at {manifest.input_size[1]}x{manifest.input_size[0]}), in one graph: each "
+            "member sees the photo at its own size and their logits are averaged. It"
+            if members else
+            f"An `{manifest.architecture}` student ({manifest.params:,} parameters, {manifest.macs / 1e6:.0f}M MACs at "
+            f"{manifest.input_size[1]}x{manifest.input_size[0]}) that")
     lines = [
         f"# {manifest.name}",
         "",
-        f"An `{manifest.architecture}` student ({manifest.params:,} parameters, {manifest.macs / 1e6:.0f}M MACs at "
-        f"{manifest.input_size[1]}x{manifest.input_size[0]}) that predicts a soft alpha matte for the salient "
-        "subject of a photo. Trained from scratch by knowledge distillation (no pretrained backbone).",
+        f"{what} predicts a soft alpha matte for the salient subject of a photo. Trained from scratch by "
+        "knowledge distillation (no pretrained backbone).",
         "",
         "## Facts",
         f"- format: {manifest.format}, precision: {manifest.precision}"
@@ -85,6 +106,7 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         if str(q.get("stem", "")).startswith("space-to-depth") else None,
         "- quantization-aware: fine-tuned with fake int8 rounding (`edgecut compress qat`) before this int8 "
         "export" if manifest.extra.get("qat") else None,
+        *_ensemble_lines(manifest),
         _pruning_line(manifest),
         _training_line(manifest),
         _calibration_line(manifest),

@@ -51,10 +51,20 @@ def _set(node, **attrs) -> None:
     node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
 
 
+def _shapes(model) -> dict:
+    """tensor name -> dims (0 where unknown) of the graph inputs and of what shape inference infers."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    return {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.input) + list(inferred.value_info)}
+
+
 def rewrite_stem(src, dst=None) -> bool:
-    """Rewrite a QDQ model's stem in place (or into `dst`) when it is the pattern above:
-    graph input (N, C, H, W) with even H, W -> QuantizeLinear -> DequantizeLinear -> Conv 3x3,
-    stride 2, padding 1, no groups, int8 weights. Returns False, writing nothing, otherwise."""
+    """Rewrite every stem of a QDQ model in place (or into `dst`): a float tensor (N, C, H, W) with
+    even H, W -> QuantizeLinear -> DequantizeLinear -> Conv 3x3, stride 2, padding 1, no groups,
+    int8 weights. The tensor is the graph input, or for an ensemble's smaller member the input
+    resized in the graph. Returns False, writing nothing, when there is no such stem."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -64,36 +74,49 @@ def rewrite_stem(src, dst=None) -> bool:
     g = model.graph
     producers, consumers = graph_index(g)
     inits = {t.name: t for t in g.initializer}
+    shapes = _shapes(model)
 
-    def only(tensor, op):
-        nodes = consumers.get(tensor, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op else None
+    def producer(tensor, op):
+        node = producers.get(tensor)
+        return node if node is not None and node.op_type == op else None
 
-    inp = g.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
-    if len(dims) != 4 or not dims[2] or not dims[3] or dims[2] % 2 or dims[3] % 2:
+    rewritten = 0
+    for conv in [n for n in g.node if n.op_type == "Conv"]:
+        dq = producer(conv.input[0], "DequantizeLinear")
+        q = dq and producer(dq.input[0], "QuantizeLinear")
+        if not q:
+            continue
+        src_tensor = q.input[0]
+        dims = shapes.get(src_tensor, [])
+        if len(dims) != 4 or not dims[2] or not dims[3] or dims[2] % 2 or dims[3] % 2:
+            continue
+        a = _attrs(conv)
+        if (a.get("kernel_shape") != [3, 3] or a.get("strides") != [2, 2] or a.get("pads") != [1, 1, 1, 1]
+                or a.get("group", 1) != 1 or a.get("dilations", [1, 1]) != [1, 1]):
+            continue
+        wdq = producers.get(conv.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[wdq.input[0]])
+        if w.ndim != 4 or w.shape[1] != dims[1] or len(consumers.get(wdq.output[0], [])) != 1:
+            continue
+        inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(stem_weights(w), wdq.input[0]))
+        _set(conv, kernel_shape=[2, 2], strides=[1, 1], pads=[1, 1, 0, 0])
+        blocks = f"{src_tensor}_space_to_depth"
+        s2d = helper.make_node("SpaceToDepth", [src_tensor], [blocks], blocksize=2)
+        if consumers.get(q.output[0]) == [dq] and consumers.get(dq.output[0]) == [conv]:
+            q.input[0] = blocks          # the stem alone reads the quantized photo
+            g.node.insert(list(g.node).index(q), s2d)
+        else:                            # others read it too (an ensemble's in-graph resize): a copy
+            q2 = helper.make_node("QuantizeLinear", [blocks, *q.input[1:]], [f"{blocks}_q"])
+            dq2 = helper.make_node("DequantizeLinear", [f"{blocks}_q", *dq.input[1:]], [f"{blocks}_dq"])
+            conv.input[0] = f"{blocks}_dq"
+            at = list(g.node).index(conv)
+            for node in (dq2, q2, s2d):
+                g.node.insert(at, node)
+        rewritten += 1
+    if not rewritten:
         return False
-    q = only(inp.name, "QuantizeLinear")
-    dq = q and only(q.output[0], "DequantizeLinear")
-    conv = dq and only(dq.output[0], "Conv")
-    if not conv or conv.input[0] != dq.output[0]:
-        return False
-    a = _attrs(conv)
-    if (a.get("kernel_shape") != [3, 3] or a.get("strides") != [2, 2] or a.get("pads") != [1, 1, 1, 1]
-            or a.get("group", 1) != 1 or a.get("dilations", [1, 1]) != [1, 1]):
-        return False
-    wdq = producers.get(conv.input[1])
-    if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
-        return False
-    w = numpy_helper.to_array(inits[wdq.input[0]])
-    if w.ndim != 4 or w.shape[1] != dims[1]:
-        return False
-    inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(stem_weights(w), wdq.input[0]))
-    _set(conv, kernel_shape=[2, 2], strides=[1, 1], pads=[1, 1, 0, 0])
-    blocks = f"{inp.name}_space_to_depth"
-    q.input[0] = blocks
-    g.node.insert(list(g.node).index(q),
-                  helper.make_node("SpaceToDepth", [inp.name], [blocks], blocksize=2))
     del g.value_info[:]
     onnx.checker.check_model(model)
     onnx.save(model, str(dst or src))

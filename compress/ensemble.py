@@ -1,0 +1,66 @@
+"""Build an ensemble checkpoint (models/ensemble.py) from trained runs, each at its own input size.
+
+Each member is first calibrated on its own run's held-out photos (the logit scale and shift that
+`export --calibrate` fits), so that members whose raw logits differ in scale count equally in the
+mean; `export --calibrate` then fits the ensemble's own scale and shift on top. The result is
+written like a distill run (best.pt, plus the first member's config.json and split.json), so
+`export` takes it as it takes any run.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..runtime.errors import EdgecutError
+from .distill import _save_atomic
+
+DROP = ("opt", "holdout", "best", "steps", "model")
+
+
+def parse_member(text: str) -> tuple[Path, int | None]:
+    """`runs/x/best.pt@256` -> (path, 256); without `@SIZE`, the size the run trained at."""
+    path, _, size = text.rpartition("@") if "@" in text else (text, "", "")
+    if size and not size.isdigit():
+        raise EdgecutError(f"{text}: the size after @ must be a number of pixels")
+    return Path(path), int(size) if size else None
+
+
+def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrate_members: bool = True,
+          heldout_data=None) -> Path:
+    from .calibrate import calibrate
+    from .export import load_student
+
+    if len(members) < 2:
+        raise EdgecutError("an ensemble needs at least two checkpoints")
+    for path, _ in members:
+        if not path.is_file():
+            raise EdgecutError(f"{path}: no such checkpoint")
+    entries = []
+    for path, size in members:
+        model, ck = load_student(path)
+        if ck.get("ensemble"):
+            raise EdgecutError(f"{path}: already an ensemble")
+        size = size or model.cfg.input_size
+        if size % 32:
+            raise EdgecutError(f"{path}@{size}: the size must be a multiple of 32")
+        model.cfg = replace(model.cfg, input_size=size)
+        entry = {k: v for k, v in ck.items() if k not in DROP}
+        if calibrate_members:
+            try:
+                entry["calibration"] = cal = calibrate(model, path.parent, heldout_data)
+            except FileNotFoundError as e:
+                raise EdgecutError(str(e)) from None
+            print(f"{path} at {size} px: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
+                  f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
+        entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
+    out.mkdir(parents=True, exist_ok=True)
+    for fname in ("config.json", "split.json"):   # the held-out split that export --calibrate uses
+        src = members[0][0].parent / fname
+        if src.is_file() and src.resolve() != (out / fname).resolve():
+            shutil.copyfile(src, out / fname)
+    ck = {"variant": name, "ensemble": entries, "step": 0}
+    _save_atomic(ck, out / "best.pt")
+    return out / "best.pt"

@@ -1,0 +1,103 @@
+"""compress ensemble: students at their own sizes as one graph whose logits are their mean."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from edgecut.cli import main  # noqa: E402
+from edgecut.compress.calibrate import fold_into_head  # noqa: E402
+from edgecut.compress.export import export_onnx, quantize_int8, student_from_checkpoint  # noqa: E402
+from edgecut.models.ensemble import Ensemble  # noqa: E402
+from edgecut.models.student import StudentConfig  # noqa: E402
+from edgecut.models.variants import register  # noqa: E402
+from edgecut.runtime.manifest import Manifest  # noqa: E402
+from edgecut.runtime.session import Session  # noqa: E402
+
+from conftest import block_photos  # noqa: E402
+from PIL import Image  # noqa: E402
+
+BIG = register(StudentConfig(name="test-ens-big", input_size=64, width=0.25, context_channels=16,
+                             decoder_channels=(16, 8, 8, 8)))
+SMALL = register(StudentConfig(name="test-ens-small", input_size=32, width=0.5, context_channels=16,
+                               decoder_channels=(16, 8, 8, 8)))
+
+
+@pytest.fixture
+def members(make_student):
+    big, small = make_student(BIG), make_student(SMALL)
+    with torch.no_grad():   # distinct heads, so that a swapped or dropped member shows
+        small.decoder.head.bias.add_(0.7)
+    return big, small
+
+
+def test_logits_are_the_mean_of_the_members_at_their_sizes(members):
+    big, small = members
+    ens = Ensemble([big, small]).eval()
+    assert ens.cfg.input_size == 64 and [m.input_size for m in ens.cfg.members] == [64, 32]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        zs = F.interpolate(small.forward_logits(F.interpolate(x, size=(32, 32), mode="bilinear")),
+                           size=(64, 64), mode="bilinear")
+        want = (big.forward_logits(x) + zs) / 2
+        torch.testing.assert_close(ens.forward_logits(x), want)
+        fold_into_head(ens, 2.0, -1.0)       # a calibration folds into every member's head
+        torch.testing.assert_close(ens.forward_logits(x), 2 * want - 1, atol=1e-5, rtol=1e-5)
+        assert ens(x).shape == (2, 1, 64, 64)
+
+
+def _save(folder, model, cfg):
+    folder.mkdir()
+    torch.save({"model": model.state_dict(), "variant": cfg.name, "step": 3, "holdout": {"iou": 0.5}},
+               folder / "best.pt")
+    return folder / "best.pt"
+
+
+def test_cli_ensemble_exports_to_one_int8_graph_with_both_stems_rewritten(members, tmp_path):
+    import onnx
+
+    big, small = members
+    a, b = _save(tmp_path / "a", big, BIG), _save(tmp_path / "b", small, SMALL)
+    out = tmp_path / "ens"
+    assert main(["compress", "ensemble", str(a), f"{b}@32", "--out", str(out), "--name", "duo",
+                 "--no-calibrate-members"]) == 0
+    ck = torch.load(out / "best.pt", weights_only=False)
+    model = student_from_checkpoint(ck).eval()
+    assert isinstance(model, Ensemble) and model.cfg.name == "duo"
+
+    fp32 = export_onnx(model, tmp_path / "x", "duo")
+    session = Session(fp32, threads=1)
+    photos = block_photos(tmp_path / "photos", 4)
+    for p in photos:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        with torch.no_grad():
+            want = model(torch.from_numpy(session.preprocess(rgb)))[0, 0].numpy()
+        np.testing.assert_allclose(session.infer(rgb), want, atol=1e-4)
+
+    q = quantize_int8(fp32, tmp_path / "x", "duo-int8", photos)
+    assert Manifest.load(q / "manifest.json").extra["quantization"]["stem"].startswith("space-to-depth")
+    ops = [n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node]
+    assert ops.count("SpaceToDepth") == 2      # the big member's stem and the resized small one's
+    plain = quantize_int8(fp32, tmp_path / "x", "duo-plain", photos, compact=False)   # no rewrite
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32) * 2
+    import onnxruntime as ort
+    got, ref = (ort.InferenceSession(str(f / "model.onnx"), providers=["CPUExecutionProvider"])
+                .run(["alpha"], {"input": x})[0] for f in (q, plain))
+    assert np.array_equal(got, ref)            # the rewrite is exact
+
+
+def test_cli_ensemble_refuses_bad_members(members, tmp_path, capsys):
+    big, _ = members
+    a = _save(tmp_path / "a", big, BIG)
+    assert main(["compress", "ensemble", str(a), "--out", str(tmp_path / "e")]) == 1
+    assert "at least two" in capsys.readouterr().err
+    assert main(["compress", "ensemble", str(a), f"{a}@big", "--out", str(tmp_path / "e")]) == 1
+    assert "must be a number" in capsys.readouterr().err
+    assert main(["compress", "ensemble", str(a), f"{a}@48", "--out", str(tmp_path / "e"),
+                 "--no-calibrate-members"]) == 1
+    assert "multiple of 32" in capsys.readouterr().err
+    assert main(["compress", "ensemble", str(a), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "best.pt").exists()
