@@ -106,6 +106,7 @@ class AugmentConfig:
     composite_p: float = 0.35          # paste a teacher-cut subject from another photo
     fg_scale: tuple = (0.3, 0.95)      # pasted subject's long side, fraction of the output side
     bg_blur_p: float = 0.25            # defocus the background before pasting
+    pattern_p: float = 0.0             # of the composites: paste onto a tiled pattern instead of a photo
     gray_p: float = 0.05
     jitter: float = 0.3                # brightness / contrast / saturation strength
     noise_p: float = 0.2
@@ -217,6 +218,16 @@ class BatchAugmenter:
         inside = (inside_y[:, :, None] & inside_x[:, None, :])[:, None].to(self.device)
         return out[:, :3], out[:, 3:] * inside
 
+    def _patterns(self, b: int, size: int):
+        """Backgrounds that repeat a random photo crop 2-6 times across and down, like wrapping paper,
+        printed fabric or wallpaper. Why: students pasted objects on such prints into the background
+        (a banana on a rose print, scissors on an apple print) where the teacher cut them cleanly; a
+        print is background however salient its motifs, so the alpha under it is zero."""
+        k = int(torch.randint(2, 7, (1,), generator=self.g))
+        tile = -(-size // k)
+        t, _ = self._crops(torch.randint(len(self.samples), (b,), generator=self.g), tile)
+        return t.repeat(1, 1, k, k)[:, :, :size, :size]
+
     def _jitter(self, x):
         """Per-image brightness, contrast, saturation and channel-gain jitter; x: B,3,H,W in [0,1]."""
         b, dev = x.shape[0], x.device
@@ -257,7 +268,12 @@ class BatchAugmenter:
         if len(sel):
             # Pasted subjects: the new alpha is the union of both, as the teacher marks every salient object.
             on = sel.to(self.device)
-            bg, bg_alpha = self._defocus(x[on], blur[sel]), y[on]
+            bg, bg_alpha = x[on], y[on]
+            if c.pattern_p:
+                pat = (self._u(n=(len(sel),)) < c.pattern_p).nonzero().flatten().to(self.device)
+                if len(pat):
+                    bg[pat], bg_alpha[pat] = self._patterns(len(pat), size), 0
+            bg = self._defocus(bg, blur[sel])
             fg, fa = self._foregrounds(len(sel), size)
             x[on] = self._jitter(fg) * fa + bg * (1 - fa)
             y[on] = fa + (1 - fa) * bg_alpha

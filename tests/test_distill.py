@@ -95,6 +95,23 @@ def test_augmenter_shapes_ranges_and_determinism(train_dir):
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
+def test_pattern_backgrounds_repeat_a_crop_and_are_background(train_dir):
+    samples = load_all(find_pairs(train_dir), progress=False)
+    aug = BatchAugmenter(samples, AugmentConfig(size=48), (0.0,) * 3, (1.0,) * 3, seed=0)
+    for _ in range(3):   # k tiles of side ceil(48 / k): the pattern repeats with that period
+        bg = aug._patterns(2, 48)
+        period = next(p for p in range(8, 25) if torch.equal(bg[..., :48 - p], bg[..., p:]))
+        assert torch.equal(bg[..., :48 - period, :], bg[..., period:, :]) and bg.shape == (2, 3, 48, 48)
+    cfg = AugmentConfig(size=48, composite_p=1.0, pattern_p=1.0)
+    aug = BatchAugmenter(samples, cfg, (0.0,) * 3, (1.0,) * 3, seed=1)
+    aug._foregrounds = lambda b, size: (torch.zeros(b, 3, size, size), torch.zeros(b, 1, size, size))
+    _, y = aug.batch(4)        # nothing pasted: a print is background, whatever its motifs
+    assert not y.any()
+    aug.cfg = AugmentConfig(size=48, composite_p=1.0, pattern_p=0.0)
+    _, y = aug.batch(4)        # over photos, their own subjects stay foreground
+    assert y.any()
+
+
 def test_loss_prefers_the_right_answer_and_sharp_edges():
     target = torch.zeros(1, 1, 32, 32)
     target[..., 8:24, 8:24] = 1
