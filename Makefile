@@ -36,18 +36,19 @@ test: $(VENV)/.dev
 
 # --- the commands behind the shipped model and the README's tables (long: run by hand) ---------
 bench-accuracy: $(VENV)/.dev
-	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast \
+	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast \
 	    --model edgecut-medium --model edgecut-small --model teacher:isnet-imgly \
 	    --cache runs/cache/predictions --threads 1 --json bench/results/accuracy-default.json
 
 bench-latency: $(VENV)/.dev
-	$(BIN)/edgecut bench latency --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
+	$(BIN)/edgecut bench latency --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
 	    --model teacher:isnet-imgly --profile --json bench/results/latency-default.json
 
 # Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
-REPORT_MODELS ?= edgecut-accurate runs/export/edgecut-accurate edgecut-medium-pruned runs/export/edgecut-medium-pruned \
+REPORT_MODELS ?= edgecut-duo runs/export/edgecut-duo edgecut-accurate runs/export/edgecut-accurate edgecut-medium-pruned runs/export/edgecut-medium-pruned \
                  edgecut-fast \
                  edgecut-medium runs/export/edgecut-medium edgecut-small \
+                 runs/export/edgecut-duo-tflite runs/export/edgecut-duo-tflite-int8 \
                  runs/export/edgecut-accurate-tflite runs/export/edgecut-accurate-tflite-int8 \
                  runs/export/edgecut-medium-tflite runs/export/edgecut-medium-tflite-int8 \
                  teacher:isnet-imgly peer:mediapipe-selfie

@@ -99,7 +99,13 @@ def calibrate(model, run_dir, data=None) -> dict:
     z = _logits(model, x)
     a, c = fit_logits(z, y)
     iou, mae = _scores(torch.sigmoid(z), y)
+    after = _cross_checked(z, y)
     report = {"scale": a, "shift": c, "photos_fit": len(x), "photos_checked": len(x), "check": "2-fold",
-              "before": {"iou": iou, "mae": mae}, "after": _cross_checked(z, y)}
+              "before": {"iou": iou, "mae": mae}, "after": after}
+    if (1 - after["iou"]) + after["mae"] > (1 - iou) + mae:
+        # A fit that scores worse than none on the photos it did not see is noise (seen on an ensemble
+        # of calibrated members): keep the logits as they are.
+        report.update(scale=1.0, shift=0.0, applied=False)
+        return report
     fold_into_head(model, a, c)
     return report

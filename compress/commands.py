@@ -264,9 +264,14 @@ def run_export(args) -> int:
             extra["calibration"] = cal = calibrate(model, args.checkpoint.parent, args.heldout_data)
         except FileNotFoundError as e:
             raise EdgecutError(str(e)) from None
-        print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
-              f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
-              f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
+        if cal.get("applied") is False:
+            print(f"calibration not applied: on {cal['photos_fit']} held-out photos, 2-fold cross-validated IoU "
+                  f"{cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> "
+                  f"{cal['after']['mae']:.4f}, worse than none")
+        else:
+            print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
+                  f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
+                  f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
     rows, data = [], "; ".join(dict.fromkeys(describe_data(r) for r in runs or [args.checkpoint.parent]))
     if args.format == "onnx":

@@ -47,6 +47,11 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
         if size % 32:
             raise EdgecutError(f"{path}@{size}: the size must be a multiple of 32")
         model.cfg = replace(model.cfg, input_size=size)
+        norm = (tuple(model.cfg.mean), tuple(model.cfg.std))
+        if not entries:
+            first_norm = norm
+        elif norm != first_norm:
+            raise EdgecutError(f"{path}: normalises its input unlike {members[0][0]} (mean/std differ)")
         entry = {k: v for k, v in ck.items() if k not in DROP}
         if calibrate_members:
             try:

@@ -209,6 +209,25 @@ def test_calibration_folds_exactly_into_the_head(train_dir, tmp_path):
     assert calibrate(create_student("test-distill"), run, data=train_dir)["photos_fit"] >= 1
 
 
+def test_calibration_that_cross_validates_worse_than_none_is_not_folded(train_dir, tmp_path, monkeypatch):
+    from edgecut.compress import calibrate as cal
+    from edgecut.models.student import create_student
+
+    run = tmp_path / "run"
+    train(TrainConfig(variant="test-distill", data=str(train_dir), out=str(run), steps=2, batch_size=2, warmup=1,
+                      eval_every=2, ckpt_every=2, holdout=0.5, threads=1), progress=False)
+    model = create_student("test-distill").eval()
+    head = model.decoder.head.weight.clone()
+    monkeypatch.setattr(cal, "_cross_checked", lambda z, y: {"iou": 0.0, "mae": 1.0})   # the worst possible
+    report = cal.calibrate(model, run)
+    assert report["applied"] is False and (report["scale"], report["shift"]) == (1.0, 0.0)
+    assert torch.equal(model.decoder.head.weight, head)
+    monkeypatch.setattr(cal, "_cross_checked", lambda z, y: {"iou": 1.0, "mae": 0.0})   # the best possible
+    report = cal.calibrate(model, run)
+    assert "applied" not in report and (report["scale"] == 1.0 and report["shift"] == 0.0
+                                        or not torch.equal(model.decoder.head.weight, head))
+
+
 def test_calibration_fit_finds_a_known_logit_shift():
     from edgecut.compress.calibrate import fit_logits
 
