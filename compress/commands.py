@@ -119,6 +119,10 @@ def run_distill(args) -> int:
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=check_input_size(args.input_size))
+    if not 0 <= args.pattern_bg <= 1:
+        from ..runtime.errors import EdgecutError
+
+        raise EdgecutError(f"--pattern-bg {args.pattern_bg}: a fraction between 0 and 1")
     cfg.augment.pattern_p = args.pattern_bg
     best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
@@ -273,7 +277,7 @@ def run_export(args) -> int:
                   f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
                   f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
-    rows, data = [], "; ".join(dict.fromkeys(describe_data(r) for r in runs or [args.checkpoint.parent]))
+    rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))
     if args.format == "onnx":
         fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra)
         print(f"fp32: {fp32}")

@@ -30,13 +30,17 @@ DEFAULT_DATA = ("../shared/data/train: caltech101, imagenette, imagenet_sample_1
 SET_TERMS = {"clothing": "CC0 1.0", "imagenette": "ImageNet terms", "imagenet_sample_1000": "ImageNet terms"}
 
 
-def describe_data(run_dir) -> str:
-    """The training sets a run saw (its split.json) and their terms, for the manifest: a model says
-    what it learnt from. DEFAULT_DATA where the run folder does not say."""
-    split = Path(run_dir) / "split.json"
-    sets = json.loads(split.read_text()).get("sets") if split.is_file() else None
-    if not sets:
-        return DEFAULT_DATA
+def describe_data(*run_dirs) -> str:
+    """The training sets the runs saw (their split.json; several for an ensemble) and their terms, for
+    the manifest: a model says what it learnt from. DEFAULT_DATA where a run folder does not say."""
+    sets = []
+    for run_dir in run_dirs:
+        split = Path(run_dir) / "split.json"
+        found = json.loads(split.read_text()).get("sets") if split.is_file() else None
+        if not found:
+            return DEFAULT_DATA
+        sets += [s for s in found if s not in sets]
+    sets.sort()
     other = [s for s in sets if s not in SET_TERMS]
     terms = ([f"{', '.join(other)}: research use"] if other else []) + \
         [f"{s}: {SET_TERMS[s]}" for s in sets if s in SET_TERMS]

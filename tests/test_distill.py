@@ -259,3 +259,11 @@ def test_minutes_budget_sizes_the_run_and_resumes_with_it(train_dir, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert "holdout" in log[-1]  # the last step still evaluates and saves best.pt
     assert (out / "best.pt").exists()
+
+
+def test_cli_distill_refuses_a_pattern_fraction_outside_0_1(train_dir, tmp_path, capsys):
+    from edgecut.cli import main
+
+    assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(tmp_path / "r"),
+                 "--pattern-bg", "1.5", "--steps", "1"]) == 1
+    assert "--pattern-bg 1.5" in capsys.readouterr().err and not (tmp_path / "r").exists()

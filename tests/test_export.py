@@ -146,3 +146,8 @@ def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
     said = describe_data(tmp_path)
     assert said.startswith("training sets caltech101, clothing, imagenette")
     assert "caltech101: research use" in said and "clothing: CC0 1.0" in said and "imagenette: ImageNet" in said
+    other = tmp_path / "other"                                 # an ensemble: the union of its runs' sets
+    other.mkdir()
+    (other / "split.json").write_text(json.dumps({"sets": ["horses", "caltech101"]}))
+    assert describe_data(tmp_path, other).startswith("training sets caltech101, clothing, horses, imagenette (")
+    assert describe_data(tmp_path, tmp_path / "nothing") == DEFAULT_DATA
