@@ -136,6 +136,17 @@ def test_model_card_carries_provenance_and_measured_table(exported):
     text = model_card.render(souped)
     assert "weight soup (mean of the weights) of 2 runs: a/best.pt, b/best.pt" in text
     assert "step 0" not in text and "CC0 clothing photos add no restriction" in text
+    duo = Manifest.load(folder / "manifest.json")
+    cal = {"scale": 2.5, "shift": -3.0, "before": {"iou": 0.6, "mae": 0.2}, "after": {"iou": 0.7, "mae": 0.1}}
+    duo.extra = {**duo.extra, "checkpoint_step": 0,
+                 "ensemble": [{"source": "a/best.pt", "input_size": 64, "pruned": True, "calibration": cal},
+                              {"source": "s/best.pt", "input_size": 32, "soup": ["x", "y", "z"]}],
+                 "calibration": {**cal, "photos_fit": 9, "check": "2-fold", "applied": False}}
+    text = model_card.render(duo)
+    assert text.count("An ensemble of 2 students") == 1 and "step 0" not in text
+    assert "member 1: `a/best.pt`, run at 64x64, pruned graph; own calibration sigmoid(2.500 z -3.000)" in text
+    assert "member 2: weight soup of 3 runs, run at 32x32" in text
+    assert "logit calibration: none" in text and "folded into the head" not in text
 
 
 def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
