@@ -5,7 +5,7 @@ average beat either of them by more than another training run ever moved one (in
 runtime, 135 photos: edgecut-medium-pruned 0.6789 and edgecut-fast 0.6782 IoU alone, their
 averaged alphas 0.6923). Both run inside one graph, so the runtime, the int8 export and the
 TFLite export see one model with one input, the larger member's size; smaller members get a
-bilinear downscale in the graph and their logits are upsampled back before the mean.
+nearest-neighbour downscale in the graph and their logits are upsampled back before the mean.
 """
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ class EnsembleConfig:
 
 
 def _resized(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    """Nearest-neighbour, on purpose: a bilinear resize between sizes that are not powers of two apart
+    (256 -> 192) weighs pixels by fractions like 5/6, and onnxruntime's float Resize rounds those
+    differently on x86 and ARM; quantizing its output then flipped some uint8 values, which the
+    smaller member amplified (ARM vs x86: 1.1% of alpha pixels off by more than 8/255, up to 100).
+    Nearest copies pixels, so the int8 graph stays exact on both."""
+    return F.interpolate(x, size=size, mode="nearest")
 
 
 class Ensemble(nn.Module):
