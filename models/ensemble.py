@@ -33,7 +33,10 @@ def _resized(x: torch.Tensor, size) -> torch.Tensor:
     (256 -> 192) weighs pixels by fractions like 5/6, and onnxruntime's float Resize rounds those
     differently on x86 and ARM; quantizing its output then flipped some uint8 values, which the
     smaller member amplified (ARM vs x86: 1.1% of alpha pixels off by more than 8/255, up to 100).
-    Nearest copies pixels, so the int8 graph stays exact on both."""
+    Nearest copies pixels, so the int8 graph stays exact on both. LiteRT's nearest resize picks other
+    pixels than torch and onnxruntime, though: the TFLite export of edgecut-duo is 3.21/255 off its ONNX
+    file on the bench photos (the bilinear build matched), so an ensemble's TFLite file is not yet a
+    faithful copy."""
     return F.interpolate(x, size=size, mode="nearest")
 
 
