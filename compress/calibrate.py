@@ -69,7 +69,7 @@ def fit_logits(z, y) -> tuple[float, float]:
 
 @torch.no_grad()
 def fold_into_head(model, a: float, c: float) -> None:
-    for head in model.heads() if hasattr(model, "heads") else [model.decoder.head]:
+    for head in model.heads():
         head.weight.mul_(a)
         head.bias.mul_(a).add_(c)
 

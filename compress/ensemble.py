@@ -8,14 +8,11 @@ written like a distill run (best.pt, plus the first member's config.json and spl
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from ..runtime.errors import EdgecutError
-from .distill import _save_atomic
+from .soup import save_run
 
 DROP = ("opt", "holdout", "best", "steps", "model")
 
@@ -61,11 +58,4 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
             print(f"{path} at {size} px: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
                   f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
         entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
-    out.mkdir(parents=True, exist_ok=True)
-    for fname in ("config.json", "split.json"):   # the held-out split that export --calibrate uses
-        src = members[0][0].parent / fname
-        if src.is_file() and src.resolve() != (out / fname).resolve():
-            shutil.copyfile(src, out / fname)
-    ck = {"variant": name, "ensemble": entries, "step": 0}
-    _save_atomic(ck, out / "best.pt")
-    return out / "best.pt"
+    return save_run({"variant": name, "ensemble": entries, "step": 0}, out, like=members[0][0].parent)

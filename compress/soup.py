@@ -47,9 +47,15 @@ def soup(paths: list[Path], out: Path) -> Path:
             raise EdgecutError(f"{p}: no such checkpoint")
     ck = average([torch.load(p, map_location="cpu", weights_only=False) for p in paths])
     ck["soup"] = [str(p) for p in paths]
+    return save_run(ck, out, like=Path(paths[0]).parent)
+
+
+def save_run(ck: dict, out: Path, like: Path) -> Path:
+    """Write a checkpoint made from other runs (a soup, an ensemble) as run folder `out`: best.pt plus
+    the config.json and split.json of run `like`, whose held-out split export --calibrate then uses."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "split.json"):   # the held-out split that export --calibrate uses
-        src = Path(paths[0]).parent / name
+    for name in ("config.json", "split.json"):
+        src = like / name
         if src.is_file() and src.resolve() != (out / name).resolve():
             shutil.copyfile(src, out / name)
     _save_atomic(ck, out / "best.pt")

@@ -55,7 +55,7 @@ class Ensemble(nn.Module):
     def heads(self) -> list:
         """The last 1x1 convolution of each member: a logit calibration folds into all of them, since
         a * mean(z_i) + c = mean(a * z_i + c)."""
-        return [m.decoder.head for m in self.members]
+        return [head for m in self.members for head in m.heads()]
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         size = self.cfg.input_size                                      # x: B,3,S,S

@@ -16,6 +16,10 @@ class Student(nn.Module):
         self.encoder = MobileNetEncoder(cfg.stages, cfg.stem_channels, cfg.width)
         self.decoder = Decoder(self.encoder.feature_channels(), cfg.context_channels, cfg.decoder_channels)
 
+    def heads(self) -> list:
+        """The last 1x1 convolution, where a logit calibration folds in (an ensemble has one per member)."""
+        return [self.decoder.head]
+
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(x, self.encoder(x))
 
