@@ -263,6 +263,7 @@ def run_export(args) -> int:
                              for m in ck["ensemble"]]
     if args.calibrate:
         from .calibrate import calibrate
+        from .model_card import calibration_formula
 
         try:
             extra["calibration"] = cal = calibrate(model, args.checkpoint.parent, args.heldout_data)
@@ -273,8 +274,7 @@ def run_export(args) -> int:
                   f"{cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> "
                   f"{cal['after']['mae']:.4f}, worse than none")
         else:
-            print(f"calibrated on {cal['photos_fit']} held-out photos: alpha = sigmoid({cal['scale']:.3f} z "
-                  f"{cal['shift']:+.3f}); 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
+            print(f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
                   f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
     rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.errors import EdgecutError
+from .model_card import calibration_formula
 from .soup import save_run
 
 DROP = ("opt", "holdout", "best", "steps", "model")
@@ -55,7 +56,7 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
                 entry["calibration"] = cal = calibrate(model, path.parent, heldout_data)
             except FileNotFoundError as e:
                 raise EdgecutError(str(e)) from None
-            print(f"{path} at {size} px: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
+            print(f"{path} at {size} px: {calibration_formula(cal)}, "
                   f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
         entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
     return save_run({"variant": name, "ensemble": entries, "step": 0}, out, like=members[0][0].parent)

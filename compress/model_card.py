@@ -33,9 +33,14 @@ def _ensemble_lines(m: Manifest) -> list:
         cal = e.get("calibration")
         lines.append(f"- member {i}: {what}, run at {e['input_size']}x{e['input_size']}"
                      + (", pruned graph" if e.get("pruned") else "")
-                     + (f"; own calibration sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}) before the mean"
+                     + (f"; own calibration {calibration_formula(cal)} before the mean"
                         if cal else ""))
     return lines
+
+
+def calibration_formula(cal: dict) -> str:
+    """A logit calibration as people read it, the same in the CLI, the logs and the cards."""
+    return f"alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f})"
 
 
 def _calibration_line(m: Manifest):
@@ -48,7 +53,7 @@ def _calibration_line(m: Manifest):
         return (f"- logit calibration: none. A fit on {cal['photos_fit']} held-out training photos scored worse "
                 f"than no calibration by 2-fold cross-validation on them: IoU {cal['before']['iou']:.4f} -> "
                 f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
-    return (f"- logit calibration folded into the head: alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f}), "
+    return (f"- logit calibration folded into the head: {calibration_formula(cal)}, "
             f"fitted on {cal['photos_fit']} held-out training photos; {checked} MAE "
             f"{cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}, IoU {cal['before']['iou']:.4f} -> "
             f"{cal['after']['iou']:.4f}")

@@ -5,14 +5,14 @@ average beat either of them by more than another training run ever moved one (in
 runtime, 135 photos: edgecut-medium-pruned 0.6789 and edgecut-fast 0.6782 IoU alone, their
 averaged alphas 0.6923). Both run inside one graph, so the runtime, the int8 export and the
 TFLite export see one model with one input, the larger member's size; smaller members get a
-nearest-neighbour downscale in the graph and their logits are upsampled back before the mean.
+nearest-neighbour downscale in the graph (index gathers) and their logits are upsampled back
+before the mean.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,16 +28,23 @@ class EnsembleConfig:
         return asdict(self)
 
 
-def _resized(x: torch.Tensor, size) -> torch.Tensor:
-    """Nearest-neighbour, on purpose: a bilinear resize between sizes that are not powers of two apart
-    (256 -> 192) weighs pixels by fractions like 5/6, and onnxruntime's float Resize rounds those
-    differently on x86 and ARM; quantizing its output then flipped some uint8 values, which the
-    smaller member amplified (ARM vs x86: 1.1% of alpha pixels off by more than 8/255, up to 100).
-    Nearest copies pixels, so the int8 graph stays exact on both. LiteRT's nearest resize picks other
-    pixels than torch and onnxruntime, though: the TFLite export of edgecut-duo is 3.21/255 off its ONNX
-    file on the bench photos (the bilinear build matched), so an ensemble's TFLite file is not yet a
-    faithful copy."""
-    return F.interpolate(x, size=size, mode="nearest")
+def _nearest_rows(n_in: int, n_out: int) -> torch.Tensor:
+    """For each of n_out output pixels, the input pixel whose centre is nearest its centre, in integers:
+    floor((2i + 1) n_in / (2 n_out))."""
+    return (torch.arange(n_out) * 2 + 1) * n_in // (2 * n_out)
+
+
+def _resized(x: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """Nearest-neighbour resize of the last two axes (n_in -> n_out pixels each) as two index gathers.
+
+    Why gathers and not a Resize: a bilinear Resize between sizes that are not powers of two apart
+    (256 -> 192) weighs pixels by fractions like 5/6, which onnxruntime's float Resize rounds
+    differently on x86 and ARM (1.1% of alpha pixels off by more than 8/255 after int8), and a
+    nearest Resize picks different pixels in LiteRT than in torch and onnxruntime (the TFLite export
+    of the first edgecut-duo was 3.21/255 off its ONNX file). A Gather with constant indices copies
+    the same pixels in every framework and on every processor, and int8 passes through it unchanged."""
+    idx = _nearest_rows(n_in, n_out).to(x.device)
+    return x.index_select(-2, idx).index_select(-1, idx)
 
 
 class Ensemble(nn.Module):
@@ -62,8 +69,8 @@ class Ensemble(nn.Module):
         logits = []
         for m in self.members:
             s = m.cfg.input_size
-            z = m.forward_logits(x if s == size else _resized(x, (s, s)))   # B,1,s,s
-            logits.append(z if s == size else _resized(z, x.shape[-2:]))   # B,1,S,S
+            z = m.forward_logits(x if s == size else _resized(x, size, s))   # B,1,s,s
+            logits.append(z if s == size else _resized(z, s, size))         # B,1,S,S
         return sum(logits) * (1.0 / len(logits))    # Add and Mul quantize; a stacked mean did not
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

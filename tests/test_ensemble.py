@@ -39,13 +39,23 @@ def test_logits_are_the_mean_of_the_members_at_their_sizes(members):
     assert ens.cfg.input_size == 64 and [m.input_size for m in ens.cfg.members] == [64, 32]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        zs = F.interpolate(small.forward_logits(F.interpolate(x, size=(32, 32), mode="nearest")),
-                           size=(64, 64), mode="nearest")
+        zs = F.interpolate(small.forward_logits(F.interpolate(x, size=(32, 32), mode="nearest-exact")),
+                           size=(64, 64), mode="nearest-exact")
         want = (big.forward_logits(x) + zs) / 2
         torch.testing.assert_close(ens.forward_logits(x), want)
         fold_into_head(ens, 2.0, -1.0)       # a calibration folds into every member's head
         torch.testing.assert_close(ens.forward_logits(x), 2 * want - 1, atol=1e-5, rtol=1e-5)
         assert ens(x).shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(256, 192), (192, 256), (320, 192), (64, 32), (7, 5)])
+def test_in_graph_resize_picks_the_nearest_pixel_centre(n_in, n_out):
+    """The gathers copy what torch's half-pixel nearest resize copies, for ratios that are not whole."""
+    from edgecut.models.ensemble import _resized
+
+    x = torch.arange(n_in * n_in, dtype=torch.float32).reshape(1, 1, n_in, n_in)
+    torch.testing.assert_close(_resized(x, n_in, n_out),
+                               F.interpolate(x, size=(n_out, n_out), mode="nearest-exact"), rtol=0, atol=0)
 
 
 def _save(folder, model, cfg):

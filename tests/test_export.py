@@ -144,7 +144,7 @@ def test_model_card_carries_provenance_and_measured_table(exported):
                  "calibration": {**cal, "photos_fit": 9, "check": "2-fold", "applied": False}}
     text = model_card.render(duo)
     assert text.count("An ensemble of 2 students") == 1 and "step 0" not in text
-    assert "member 1: `a/best.pt`, run at 64x64, pruned graph; own calibration sigmoid(2.500 z -3.000)" in text
+    assert "member 1: `a/best.pt`, run at 64x64, pruned graph; own calibration alpha = sigmoid(2.500 z -3.000)" in text
     assert "member 2: weight soup of 3 runs, run at 32x32" in text
     assert "logit calibration: none" in text and "folded into the head" not in text
 
