@@ -42,9 +42,13 @@ def _resized(x: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
     differently on x86 and ARM (1.1% of alpha pixels off by more than 8/255 after int8), and a
     nearest Resize picks different pixels in LiteRT than in torch and onnxruntime (the TFLite export
     of the first edgecut-duo was 3.21/255 off its ONNX file). A Gather with constant indices copies
-    the same pixels in every framework and on every processor, and int8 passes through it unchanged."""
+    the same pixels in every framework and on every processor, and int8 passes through it unchanged.
+    The columns are gathered as rows of the transposed tensor: onnxruntime copies whole rows at once
+    but single elements one by one (320 -> 192 px on uint8: 0.026 ms this way, 0.30 ms along the
+    last axis)."""
     idx = _nearest_rows(n_in, n_out).to(x.device)
-    return x.index_select(-2, idx).index_select(-1, idx)
+    x = x.index_select(-2, idx)                                          # B,C,n_out,n_in
+    return x.transpose(-1, -2).index_select(-2, idx).transpose(-1, -2)   # B,C,n_out,n_out
 
 
 class Ensemble(nn.Module):

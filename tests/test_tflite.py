@@ -106,3 +106,26 @@ def test_a_failed_conversion_is_a_table_row_and_a_non_zero_exit(exported, monkey
     assert rows[0][:3] == ["tflite", "fp32", "ok"] and rows[1][:3] == ["tflite", "int8", "failed"]
     assert "RuntimeError: unsupported op: aten.hardswish" in captured.out
     assert "nothing to embed" in captured.err
+
+
+SMALL = register(StudentConfig(name="test-tflite-32", input_size=32, width=0.25, context_channels=16,
+                               decoder_channels=(16, 8, 8, 8)))
+
+
+def test_an_ensemble_with_a_fractional_in_graph_resize_matches_onnx(exported, make_student, tmp_path):
+    """48 -> 32 px and back is a ratio of 1.5: LiteRT's own nearest resize picked other pixels than
+    onnxruntime's there (the first edgecut-duo's TFLite file was 3.21/255 off); the gathers must not."""
+    from edgecut.compress.tflite import export_tflite
+    from edgecut.models.ensemble import Ensemble
+
+    big, small = make_student(TINY), make_student(SMALL)
+    with torch.no_grad():
+        small.decoder.head.bias.add_(0.7)
+    ens = Ensemble([big, small]).eval()
+    onnx_session = Session(export_onnx(ens, tmp_path, "e-onnx"), threads=1)
+    tfl = Session(export_tflite(ens, tmp_path, "e-tflite"), threads=1)
+    for p in exported["photos"][:3]:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        a, b = tfl.infer(rgb), onnx_session.infer(rgb)
+        assert a.shape == b.shape == (48, 48)
+        assert np.abs(a - b).max() < 1e-3
