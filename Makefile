@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 export EDGECUT_DATA := $(DATA)
 
-.PHONY: demo test install install-dev bench-accuracy bench-latency bench-report label-clothing clean
+.PHONY: demo test install install-dev bench-accuracy bench-latency bench-agree bench-report label-clothing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ bench-accuracy: $(VENV)/.dev
 bench-latency: $(VENV)/.dev
 	$(BIN)/edgecut bench latency --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
 	    --model teacher:isnet-imgly --profile --json bench/results/latency-default.json
+
+# Do the TFLite exports give the ONNX files' alpha? Needs `edgecut export ... [--format tflite] --int8 --calibrate` of each into runs/export.
+bench-agree: $(VENV)/.dev
+	$(BIN)/edgecut bench agree --reference runs/export/edgecut-duo --model runs/export/edgecut-duo-tflite --model runs/export/edgecut-duo-tflite-int8 \
+	    --model edgecut-duo --no-progress --json bench/results/agree-duo.json
+	$(BIN)/edgecut bench agree --reference runs/export/edgecut-accurate --model runs/export/edgecut-accurate-tflite \
+	    --model runs/export/edgecut-accurate-tflite-int8 --model edgecut-accurate --no-progress --json bench/results/agree-accurate.json
 
 # Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
 REPORT_MODELS ?= edgecut-duo runs/export/edgecut-duo edgecut-accurate runs/export/edgecut-accurate edgecut-medium-pruned runs/export/edgecut-medium-pruned \

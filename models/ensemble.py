@@ -34,8 +34,9 @@ def _nearest_rows(n_in: int, n_out: int) -> torch.Tensor:
     return (torch.arange(n_out) * 2 + 1) * n_in // (2 * n_out)
 
 
-def _resized(x: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
-    """Nearest-neighbour resize of the last two axes (n_in -> n_out pixels each) as two index gathers.
+def _resized(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour resize of the last two (square) axes to len(idx) pixels each, as two index
+    gathers with idx = _nearest_rows(n_in, n_out).
 
     Why gathers and not a Resize: a bilinear Resize between sizes that are not powers of two apart
     (256 -> 192) weighs pixels by fractions like 5/6, which onnxruntime's float Resize rounds
@@ -46,7 +47,6 @@ def _resized(x: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
     The columns are gathered as rows of the transposed tensor: onnxruntime copies whole rows at once
     but single elements one by one (320 -> 192 px on uint8: 0.026 ms this way, 0.30 ms along the
     last axis)."""
-    idx = _nearest_rows(n_in, n_out).to(x.device)
     x = x.index_select(-2, idx)                                          # B,C,n_out,n_in
     return x.transpose(-1, -2).index_select(-2, idx).transpose(-1, -2)   # B,C,n_out,n_out
 
@@ -62,6 +62,12 @@ class Ensemble(nn.Module):
         self.cfg = EnsembleConfig(name=name, input_size=max(m.cfg.input_size for m in members),
                                   members=tuple(m.cfg for m in members), mean=tuple(first.mean),
                                   std=tuple(first.std))
+        # Constant indices, as buffers: computed inside forward, torch.export would trace the integer
+        # arithmetic and the int8 TFLite quantizer would try to observe it.
+        size = self.cfg.input_size
+        for s in {m.cfg.input_size for m in members} - {size}:
+            self.register_buffer(f"rows_{size}_{s}", _nearest_rows(size, s), persistent=False)
+            self.register_buffer(f"rows_{s}_{size}", _nearest_rows(s, size), persistent=False)
 
     def heads(self) -> list:
         """The last 1x1 convolution of each member: a logit calibration folds into all of them, since
@@ -73,8 +79,11 @@ class Ensemble(nn.Module):
         logits = []
         for m in self.members:
             s = m.cfg.input_size
-            z = m.forward_logits(x if s == size else _resized(x, size, s))   # B,1,s,s
-            logits.append(z if s == size else _resized(z, s, size))         # B,1,S,S
+            if s == size:
+                logits.append(m.forward_logits(x))                                      # B,1,S,S
+                continue
+            z = m.forward_logits(_resized(x, getattr(self, f"rows_{size}_{s}")))        # B,1,s,s
+            logits.append(_resized(z, getattr(self, f"rows_{s}_{size}")))               # B,1,S,S
         return sum(logits) * (1.0 / len(logits))    # Add and Mul quantize; a stacked mean did not
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
