@@ -274,8 +274,9 @@ def run_export(args) -> int:
                   f"{cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> "
                   f"{cal['after']['mae']:.4f}, worse than none")
         else:
-            print(f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; 2-fold cross-validated IoU {cal['before']['iou']:.4f} -> "
-                  f"{cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
+            print(f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; 2-fold "
+                  f"cross-validated IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, "
+                  f"MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
     rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))
     if args.format == "onnx":

@@ -50,7 +50,7 @@ def test_logits_are_the_mean_of_the_members_at_their_sizes(members):
 
 @pytest.mark.parametrize("n_in,n_out", [(256, 192), (192, 256), (320, 192), (64, 32), (7, 5)])
 def test_in_graph_resize_picks_the_nearest_pixel_centre(n_in, n_out):
-    """The gathers copy what torch's half-pixel nearest resize copies, for ratios that are not whole."""
+    """The gathers copy what torch's half-pixel nearest resize copies, at whole ratios and at ones that are not."""
     from edgecut.models.ensemble import _nearest_rows, _resized
 
     x = torch.arange(n_in * n_in, dtype=torch.float32).reshape(1, 1, n_in, n_in)
