@@ -16,6 +16,8 @@
 # NAME-qat, inside the same MINUTES; QAT_ARGS are its extra options, e.g. "--exclude samples"): the
 # int8 export then starts from weights that know int8. MINUTES counts training only: unpacking and
 # loading the photos add about a minute to each stage, so leave room in the call's own time limit.
+# Runs load in parallel and slow each other: five at once took about 2.5 minutes to start on an H200
+# box (16 cores), so MINUTES=7 under a 590 s limit cut them before their schedules ended.
 set -u
 MIN=${MINUTES:-8}
 QAT_MIN=${QAT_MINUTES:-0}
