@@ -154,12 +154,13 @@ def data_options(args) -> dict:
             "exclude": tuple(f.name for f in Path(args.exclude).iterdir()) if args.exclude else ()}
 
 
-def check_input_size(px: int) -> int:
-    """0 (the variant's size) or a size every student stride divides (the encoder's is 32)."""
+def check_input_size(px: int, where: str = "") -> int:
+    """0 (the variant's size) or a size every student stride divides (the encoder's is 32); `where`
+    names it in the error (default: the --input-size option)."""
     from ..runtime.errors import EdgecutError
 
     if px and (px < 32 or px % 32):
-        raise EdgecutError(f"--input-size {px}: use a positive multiple of 32")
+        raise EdgecutError(f"{where or f'--input-size {px}'}: use a positive multiple of 32")
     return px
 
 

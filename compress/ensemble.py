@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.errors import EdgecutError
+from .commands import check_input_size
 from .model_card import calibration_formula
 from .soup import save_run
 
@@ -23,7 +24,7 @@ def parse_member(text: str) -> tuple[Path, int | None]:
     path, _, size = text.rpartition("@") if "@" in text else (text, "", "")
     if size and not size.isdigit():
         raise EdgecutError(f"{text}: the size after @ must be a number of pixels")
-    return Path(path), int(size) if size else None
+    return Path(path), check_input_size(int(size), text) if size else None
 
 
 def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrate_members: bool = True,
@@ -42,8 +43,6 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
         if ck.get("ensemble"):
             raise EdgecutError(f"{path}: already an ensemble")
         size = size or model.cfg.input_size
-        if size % 32:
-            raise EdgecutError(f"{path}@{size}: the size must be a multiple of 32")
         model.cfg = replace(model.cfg, input_size=size)
         norm = (tuple(model.cfg.mean), tuple(model.cfg.std))
         if not entries:
