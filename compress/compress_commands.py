@@ -1,4 +1,5 @@
-"""`edgecut compress prune|quantize|qat|soup|ensemble`: make trained students smaller, integer or steadier.
+"""`edgecut compress prune|quantize|qat|soup|ensemble|recover`: make trained students smaller, integer or
+steadier, or get a trainable checkpoint back from a shipped model.
 
 Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
 """
@@ -18,6 +19,7 @@ def register(sub) -> None:
     add_qat(verbs)
     add_soup(verbs)
     add_ensemble(verbs)
+    add_recover(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -246,4 +248,35 @@ def run_ensemble(args) -> int:
     best = build([parse_member(m) for m in args.members], args.out, args.name,
                  calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
     print(f"ensemble of {len(args.members)} students: {best}  (then: edgecut export {best} --calibrate ...)")
+    return 0
+
+
+# --- recover -----------------------------------------------------------------------------------
+def add_recover(sub) -> None:
+    p = sub.add_parser("recover", help="a distill checkpoint from a shipped int8 student, to fine-tune it")
+    p.add_argument("model", help="embedded model name or model folder (a single student, not an ensemble)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the recovered best.pt")
+    p.add_argument("--photos", type=Path, help="photos whose statistics the BatchNorms get (default: $EDGECUT_DATA/train)")
+    p.add_argument("-n", type=int, default=256, help="how many of them (sampled reproducibly)")
+    p.set_defaults(func=run_recover)
+
+
+def run_recover(args) -> int:
+    from ..models import resolve
+    from .distill import _save_atomic
+    from .export import calibration_photos
+    from .recover import recover
+
+    path, _ = resolve(args.model)
+    folder = path.parent if path.is_file() else path
+    try:
+        photos = calibration_photos(args.photos or train_root(), args.n)
+        ck = recover(folder, photos)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"edgecut compress recover: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    _save_atomic(ck, args.out / "best.pt")
+    print(f"{folder.name} -> {args.out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm statistics "
+          f"from {len(photos)} photos); fine-tune with: edgecut distill --init {args.out / 'best.pt'} ...")
     return 0

@@ -162,3 +162,58 @@ def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
     (other / "split.json").write_text(json.dumps({"sets": ["horses", "caltech101"]}))
     assert describe_data(tmp_path, other).startswith("training sets caltech101, clothing, horses, imagenette (")
     assert describe_data(tmp_path, tmp_path / "nothing") == DEFAULT_DATA
+
+
+def test_stem_rewrite_inverts():
+    from edgecut.compress.recover import unstem
+    from edgecut.compress.space_to_depth import stem_weights
+
+    w = np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(unstem(stem_weights(w)), w)
+
+
+def test_recover_gives_back_a_trainable_student(exported, tmp_path):
+    """A shipped int8 model -> checkpoint -> torch: the int8 model's alpha again, and BatchNorms
+    whose batch statistics (training) match their running ones (eval) on the photos they saw."""
+    from edgecut.compress.export import student_from_checkpoint
+    from edgecut.compress.recover import recover
+
+    model, folder, out = exported
+    photos = _photos(tmp_path, 6)
+    q = quantize_int8(folder, out, "tiny-int8-rec", photos)
+    ck = recover(q, photos)
+    assert ck["variant"] == "test-tiny" and ck["input_size"] == 64
+    got = student_from_checkpoint(ck).eval()
+    i8 = Session(q, threads=1)
+    xs = []
+    for p in photos:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        x = i8.preprocess(rgb)
+        xs.append(x)
+        with torch.no_grad():
+            alpha = got(torch.from_numpy(x))[0, 0].numpy()
+            want = model(torch.from_numpy(x))[0, 0].numpy()
+        assert np.abs(alpha - i8.infer(rgb)).mean() < 0.03   # int8 rounding of activations only
+        assert np.abs(alpha - want).mean() < 0.03            # and of weights
+    x = torch.from_numpy(np.concatenate(xs))
+    with torch.no_grad():
+        eval_out = got(x)
+        ck2 = recover(q, photos)   # statistics measured on these very photos
+        m2 = student_from_checkpoint(ck2).eval()
+        m2(x)
+        m2.train()
+        # photos resized by the recovery as the runtime does: train mode on them = eval mode
+        assert torch.allclose(m2(x), eval_out, atol=0.02)
+
+
+def test_recover_refuses_what_is_not_a_student(tiny_model_dir, tmp_path, capsys):
+    from edgecut.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photos(photos, 2)
+    assert main(["compress", "recover", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                 "--photos", str(photos)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names no student variant" in err[0]
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,181 @@
+"""A trainable checkpoint back from a shipped int8 ONNX student.
+
+Why: a clone of this repo holds the shipped models but none of the checkpoints they were trained
+from (those stay out of git), so fine-tuning the default model on one's own photos, or on a second
+teacher, would start from nothing. The int8 file still holds every weight: the convolutions are
+read back in graph order (which is the student's module order), dequantized, and the export's
+rewrites undone: the SpaceToDepth stem goes back to a 3x3 stride-2 kernel, and the logit
+calibration folded into the head is divided out (the manifest records it).
+
+The export folded each BatchNorm into its convolution, so the recovered convolutions carry a bias
+that the student's bias-free convs hold in their BatchNorm instead. A BatchNorm that trains
+normalises by the batch's statistics, so an identity BatchNorm would change the network the moment
+fine-tuning starts; each one is therefore set to undo the statistics its input has on real photos
+(running mean/var measured, weight = std, bias = mean + folded bias): the same function in eval
+mode, and about the same in train mode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime.manifest import Manifest
+from .space_to_depth import _TAP
+
+
+def _dequantized(graph) -> dict:
+    """Output name -> float array of every DequantizeLinear of an initializer (weights, biases)."""
+    from onnx import numpy_helper
+
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in init:
+            continue
+        q = init[node.input[0]].astype(np.float64)
+        scale = init[node.input[1]].astype(np.float64)
+        zp = init[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros_like(scale)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and q.ndim > 1:   # per-channel along `axis` (a bias is per-element)
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        out[node.output[0]] = ((q - zp) * scale).astype(np.float32)
+    return out
+
+
+def unstem(w: np.ndarray) -> np.ndarray:
+    """(O, 4C, 2, 2) SpaceToDepth stem kernel -> the (O, C, 3, 3) stride-2 kernel it was made from
+    (the inverse of `space_to_depth.stem_weights`)."""
+    o, c4 = w.shape[:2]
+    c = c4 // 4
+    out = np.zeros((o, c, 3, 3), w.dtype)
+    for kh, (bh, sh) in _TAP.items():
+        for kw, (bw, sw) in _TAP.items():
+            k = (2 * sh + sw) * c
+            out[:, :, kh, kw] = w[:, k:k + c, bh, bw]
+    return out
+
+
+def onnx_convs(path) -> list:
+    """[(weight, bias)] of every Conv in graph order, as float arrays."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    deq = _dequantized(graph)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    convs = []
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        w = deq.get(node.input[1], init.get(node.input[1]))
+        b = deq.get(node.input[2], init.get(node.input[2])) if len(node.input) > 2 else None
+        convs.append((np.asarray(w, np.float32), None if b is None else np.asarray(b, np.float32)))
+    return convs
+
+
+def _conv_bn_pairs(model: nn.Module) -> list:
+    """(name, conv, batchnorm or None) for every Conv2d in module order (= forward order here)."""
+    mods = list(model.named_modules())
+    pairs = []
+    for i, (name, m) in enumerate(mods):
+        if isinstance(m, nn.Conv2d):
+            nxt = mods[i + 1][1] if i + 1 < len(mods) else None
+            pairs.append((name, m, nxt if isinstance(nxt, nn.BatchNorm2d) else None))
+    return pairs
+
+
+def state_dict_from_onnx(model: nn.Module, convs: list) -> dict:
+    """A state dict for `model`'s layout with the ONNX weights; BatchNorms identity + folded bias."""
+    pairs = _conv_bn_pairs(model)
+    if len(pairs) != len(convs):
+        raise ValueError(f"the ONNX graph has {len(convs)} convolutions, the student {len(pairs)}: not this architecture")
+    sd = {}
+    for k, ((name, conv, bn), (w, b)) in enumerate(zip(pairs, convs)):
+        if k == 0 and w.shape[1] == 4 * conv.in_channels and w.shape[-1] == 2:
+            w = unstem(w)
+        if w.shape[2:] != tuple(conv.kernel_size):
+            raise ValueError(f"{name}: kernel {w.shape[2:]} in the ONNX graph, {tuple(conv.kernel_size)} in the student")
+        sd[f"{name}.weight"] = torch.from_numpy(w.copy())
+        bias = torch.from_numpy(b.copy()) if b is not None else torch.zeros(w.shape[0])
+        if conv.bias is not None:
+            sd[f"{name}.bias"] = bias
+        elif bn is not None:
+            bn_name = name.rsplit(".", 1)[0] + "." + str(int(name.rsplit(".", 1)[1]) + 1)
+            n = w.shape[0]
+            sd.update({f"{bn_name}.weight": torch.ones(n), f"{bn_name}.bias": bias,
+                       f"{bn_name}.running_mean": torch.zeros(n), f"{bn_name}.running_var": torch.full((n,), 1 - bn.eps),
+                       f"{bn_name}.num_batches_tracked": torch.tensor(0)})
+        else:
+            raise ValueError(f"{name}: a bias-free convolution without a BatchNorm")
+    return sd
+
+
+@torch.no_grad()
+def restore_batchnorm_stats(model: nn.Module, x: torch.Tensor, chunk: int = 16) -> None:
+    """Give each identity BatchNorm the statistics of its input on `x` while keeping its eval-mode
+    output: mean m, var v, weight sqrt(v + eps), bias m + folded bias. Sums are gathered chunk by
+    chunk (the inputs of every BatchNorm for 256 photos at 320 px would take tens of GB)."""
+    model.eval()
+    sums: dict = {}
+
+    def gather(mod, inp, out):
+        y = inp[0].double()
+        n, s1, s2 = sums.get(mod, (0, 0.0, 0.0))
+        sums[mod] = (n + y.numel() // y.shape[1], s1 + y.sum((0, 2, 3)), s2 + (y * y).sum((0, 2, 3)))
+
+    hooks = [bn.register_forward_hook(gather) for bn in model.modules() if isinstance(bn, nn.BatchNorm2d)]
+    for part in x.split(chunk):
+        model(part)
+    for h in hooks:
+        h.remove()
+    for bn, (n, s1, s2) in sums.items():
+        m = s1 / n
+        v = (s2 / n - m * m).clamp_min(0)
+        b = bn.bias.clone()   # the folded bias (the BatchNorm is still identity + b)
+        bn.running_mean.copy_(m)
+        bn.running_var.copy_(v)
+        bn.weight.copy_((v + bn.eps).sqrt())
+        bn.bias.copy_(m + b)
+
+
+def recover(model_dir, photos: list) -> dict:
+    """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
+    single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
+    from ..models.student import create_student
+    from ..models.variants import StudentConfig
+    from ..runtime.imageio import load_rgb
+    from ..runtime.session import Session
+    from .prune import rebuild_pruned
+
+    model_dir = Path(model_dir)
+    man = Manifest.load(model_dir / "manifest.json")
+    extra = man.extra or {}
+    if extra.get("ensemble"):
+        raise ValueError(f"{model_dir.name} is an ensemble: recover its members' own models instead")
+    if "variant" not in extra:
+        raise ValueError(f"{model_dir.name}: its manifest names no student variant (not an edgecut student?)")
+    vd = extra["variant"]
+    cfg = StudentConfig(**{**vd, "stages": tuple(map(tuple, vd["stages"])), "mean": tuple(vd["mean"]),
+                           "std": tuple(vd["std"]), "decoder_channels": tuple(vd["decoder_channels"])})
+    convs = onnx_convs(model_dir / man.file)
+    cal = extra.get("calibration") or {}
+    a, c = (cal.get("scale", 1.0), cal.get("shift", 0.0)) if cal.get("applied", True) else (1.0, 0.0)
+    w, b = convs[-1]
+    convs[-1] = (w / a, (b - c) / a)   # the head: alpha = sigmoid(a z + c) was folded into it
+    model = create_student(cfg)
+    sd = state_dict_from_onnx(model, convs)
+    model = rebuild_pruned(cfg, sd) if extra.get("pruned") else model
+    if not extra.get("pruned"):
+        model.load_state_dict(sd)
+    pre = Session(model_dir, threads=1).preprocess   # photos seen as the runtime sees them
+    x = torch.from_numpy(np.concatenate([pre(load_rgb(p)) for p in photos]))
+    restore_batchnorm_stats(model, x)
+    ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
+          "recovered_from": {"model": man.name, "sha256": man.sha256, "photos": len(photos)}}
+    if extra.get("pruned"):
+        ck["pruned"] = extra["pruned"]
+    return ck
