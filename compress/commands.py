@@ -135,7 +135,8 @@ def add_data_args(p) -> None:
                                                 "(default $EDGECUT_DATA/train)")
     p.add_argument("--sets", default="", help="comma-separated set names (default: all with alphas)")
     p.add_argument("--label-root", action="append", default=[], metavar="DIR",
-                   help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+                   help="<DIR>/<set>/teacher folders written by `edgecut label` (repeatable): they fill in "
+                        "unlabelled photos and replace the set's own teacher/ alphas (never human masks)")
     p.add_argument("--exclude", default="", metavar="DIR",
                    help="never train on photos named as files in DIR (e.g. samples, the demo photos)")
 

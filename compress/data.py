@@ -35,15 +35,20 @@ class Pair:
 
 def find_pairs(root, sets=None, label_roots=(), exclude=()) -> list[Pair]:
     """Every photo under root/<set>/images that has an alpha somewhere; unlabelled ones are skipped,
-    and so are photos named in `exclude` (e.g. the demo samples, to keep the demo honest)."""
+    and so are photos named in `exclude` (e.g. the demo samples, to keep the demo honest).
+
+    Which alpha: a human mask first, then the `label_roots` in order, then the set's own teacher/.
+    Labels asked for by name win over the folder's, so a second teacher (e.g. MediaPipe Selfie for
+    portraits, `edgecut label --teacher <peer folder>`) can replace the first on the sets it knows."""
     root = Path(root)
     exclude = set(exclude)
     pairs = []
     for set_dir in sorted(p for p in root.iterdir() if (p / "images").is_dir()):
         if sets and set_dir.name not in sets:
             continue
-        alpha_dirs = [(set_dir / "masks", True), (set_dir / "teacher", False)]
+        alpha_dirs = [(set_dir / "masks", True)]
         alpha_dirs += [(Path(r) / set_dir.name / "teacher", False) for r in label_roots]
+        alpha_dirs += [(set_dir / "teacher", False)]
         for img in sorted((set_dir / "images").iterdir()):
             if img.suffix.lower() not in IMAGE_EXTS or img.name in exclude:
                 continue

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", type=int, default=32, help="alpha levels kept (0: all 256)")
     ap.add_argument("--exclude", type=Path, help="skip photos named as files in this folder (the demo samples)")
     ap.add_argument("--label-root", type=Path, action="append", default=[],
-                    help="extra <DIR>/<set>/teacher folders written by `edgecut label` (repeatable)")
+                    help="<DIR>/<set>/teacher folders written by `edgecut label` (repeatable; "
+                         "they win over the set's own teacher/)")
     ap.add_argument("--sets", help="comma-separated set names (default: all with alphas)")
     args = ap.parse_args(argv)
     exclude = {p.name for p in args.exclude.iterdir()} if args.exclude else ()

@@ -43,6 +43,22 @@ def test_find_pairs_prefers_human_masks_and_skips_unlabelled(train_dir):
     assert len(find_pairs(train_dir, exclude={"0.jpg"})) == 13  # 0.jpg in both sets
 
 
+def test_label_roots_replace_teacher_alphas_not_masks(train_dir, tmp_path):
+    """A second teacher's labels (`--label-root`) win over the set's teacher/, never over human masks,
+    and fill in photos that had none."""
+    second = tmp_path / "second"
+    for set_name, stems in [("a", ["0", "1"]), ("b", ["0", "unlabelled"])]:
+        (second / set_name / "teacher").mkdir(parents=True)
+        for stem in stems:
+            Image.fromarray(np.full((40, 48), 200, np.uint8)).save(second / set_name / "teacher" / f"{stem}.png")
+    by_key = {(p.set, p.image.stem): p for p in find_pairs(train_dir, label_roots=[second])}
+    assert len(by_key) == 16   # the unlabelled photo now has an alpha
+    assert by_key["a", "0"].alpha.parent == second / "a" / "teacher"
+    assert by_key["a", "2"].alpha.parent == train_dir / "a" / "teacher"
+    assert by_key["b", "0"].human and by_key["b", "0"].alpha.parent == train_dir / "b" / "masks"
+    assert by_key["b", "unlabelled"].alpha.parent == second / "b" / "teacher"
+
+
 def test_holdout_split_is_stable(train_dir):
     pairs = find_pairs(train_dir)
     t1, h1 = split_pairs(pairs, 0.3)
