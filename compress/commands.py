@@ -194,6 +194,9 @@ def add_export(sub) -> None:
                         "convolutional): smaller is faster and less accurate; --calibrate then fits at this size")
     p.add_argument("--notes", default="",
                    help="how this model was made (training runs, hardware), kept in its manifest and model card")
+    p.add_argument("--teacher", default=None, metavar="TEXT",
+                   help="who labelled the training photos, with licences, for the manifest (default: the img.ly "
+                        "IS-Net); name every teacher whose labels the run saw")
     p.add_argument("--embed", action="store_true",
                    help="copy the result (int8 if made) into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
@@ -281,8 +284,9 @@ def run_export(args) -> int:
                   f"MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
     rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))
+    teacher = {"teacher": args.teacher} if args.teacher else {}
     if args.format == "onnx":
-        fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra)
+        fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra, **teacher)
         print(f"fp32: {fp32}")
         rows.append({"format": "onnx", "precision": "fp32", "status": "ok", "folder": fp32})
         if args.int8:
@@ -297,11 +301,12 @@ def run_export(args) -> int:
             raise EdgecutError(INSTALL_HINT)
         name = f"{args.name}-tflite"
         rows.append(_attempt("tflite", "fp32",
-                             lambda: export_tflite(model, args.out, name, data=data, notes=args.notes, extra=extra)))
+                             lambda: export_tflite(model, args.out, name, data=data, notes=args.notes, extra=extra,
+                                                   **teacher)))
         if args.int8:
             rows.append(_attempt("tflite", "int8", lambda: export_tflite(
                 model, args.out, f"{name}-int8", int8=True, calib_photos=photos, data=data, notes=args.notes,
-                extra=extra)))
+                extra=extra, **teacher)))
     for r in rows:
         if r["status"] == "ok":
             r.update(measure_export(r["folder"], args.quick_iou))

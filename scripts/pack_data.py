@@ -7,11 +7,12 @@ values, which compresses badly). The layout stays <set>/images + <set>/teacher, 
 the same, so `find_pairs` and the stem-keyed held-out split see the same photos.
 
     python scripts/pack_data.py ../shared/data/train .pack/train --side 288 --quality 60 \
-        --label-root .cache/labels --exclude samples
+        --label-root .cache/labels --exclude samples --thin caltech101
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,10 +48,15 @@ def main(argv=None) -> int:
                     help="<DIR>/<set>/teacher folders written by `edgecut label` (repeatable; "
                          "they win over the set's own teacher/)")
     ap.add_argument("--sets", help="comma-separated set names (default: all with alphas)")
+    ap.add_argument("--thin", action="append", default=[], metavar="SET",
+                    help="pack only half of SET, the photos whose stem's sha1 starts with an even number "
+                         "(stable, repeatable): how the biggest set makes room under a 64 MiB upload")
     args = ap.parse_args(argv)
     exclude = {p.name for p in args.exclude.iterdir()} if args.exclude else ()
     pairs = find_pairs(args.src, sets=args.sets and args.sets.split(","), label_roots=args.label_root,
                        exclude=exclude)
+    pairs = [p for p in pairs if p.set not in args.thin
+             or int(hashlib.sha1(p.image.stem.encode()).hexdigest()[:8], 16) % 2 == 0]
     from tqdm import tqdm
 
     with ThreadPoolExecutor() as pool:

@@ -122,8 +122,9 @@ def test_cli_prune_then_export(checkpoint, tmp_path, capsys):
     assert m.macs <= 0.7 * m.extra["pruned"]["base_macs"]
     # the same weights at a smaller input: the manifest and the runtime follow
     assert main(["export", str(out / "pruned.pt"), "--name", "fast", "--out", str(tmp_path / "e"),
-                 "--input-size", "32"]) == 0
+                 "--input-size", "32", "--teacher", "IS-Net and MediaPipe Selfie"]) == 0
     fast = Manifest.load(tmp_path / "e" / "fast" / "manifest.json")
+    assert fast.teacher == "IS-Net and MediaPipe Selfie" and "IS-Net, img.ly" in m.teacher   # default when not named
     assert fast.input_size == (32, 32) and fast.extra["trained_input_size"] == 48 and fast.macs < m.macs
     from edgecut.runtime.session import Session
     assert Session(tmp_path / "e" / "fast").infer(np.zeros((20, 30, 3), np.uint8)).shape == (32, 32)
