@@ -26,11 +26,8 @@ from ..runtime.manifest import Manifest
 from .space_to_depth import _TAP
 
 
-def _dequantized(graph) -> dict:
+def _dequantized(graph, init: dict) -> dict:
     """Output name -> float array of every DequantizeLinear of an initializer (weights, biases)."""
-    from onnx import numpy_helper
-
-    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     out = {}
     for node in graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in init:
@@ -63,10 +60,11 @@ def unstem(w: np.ndarray) -> np.ndarray:
 def onnx_convs(path) -> list:
     """[(weight, bias)] of every Conv in graph order, as float arrays."""
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    deq = _dequantized(graph)
-    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    deq = _dequantized(graph, init)
     convs = []
     for node in graph.node:
         if node.op_type != "Conv":
@@ -78,23 +76,20 @@ def onnx_convs(path) -> list:
 
 
 def _conv_bn_pairs(model: nn.Module) -> list:
-    """(name, conv, batchnorm or None) for every Conv2d in module order (= forward order here)."""
-    mods = list(model.named_modules())
-    pairs = []
-    for i, (name, m) in enumerate(mods):
-        if isinstance(m, nn.Conv2d):
-            nxt = mods[i + 1][1] if i + 1 < len(mods) else None
-            pairs.append((name, m, nxt if isinstance(nxt, nn.BatchNorm2d) else None))
-    return pairs
+    """(name, conv, batchnorm name or None) for every Conv2d in module order (= forward order here)."""
+    mods = list(model.named_modules()) + [("", None)]
+    return [(name, m, nxt_name if isinstance(nxt, nn.BatchNorm2d) else None)
+            for (name, m), (nxt_name, nxt) in zip(mods, mods[1:]) if isinstance(m, nn.Conv2d)]
 
 
 def state_dict_from_onnx(model: nn.Module, convs: list) -> dict:
     """A state dict for `model`'s layout with the ONNX weights; BatchNorms identity + folded bias."""
     pairs = _conv_bn_pairs(model)
+    modules = dict(model.named_modules())
     if len(pairs) != len(convs):
         raise ValueError(f"the ONNX graph has {len(convs)} convolutions, the student {len(pairs)}: not this architecture")
     sd = {}
-    for k, ((name, conv, bn), (w, b)) in enumerate(zip(pairs, convs)):
+    for k, ((name, conv, bn_name), (w, b)) in enumerate(zip(pairs, convs)):
         if k == 0 and w.shape[1] == 4 * conv.in_channels and w.shape[-1] == 2:
             w = unstem(w)
         if w.shape[2:] != tuple(conv.kernel_size):
@@ -103,11 +98,10 @@ def state_dict_from_onnx(model: nn.Module, convs: list) -> dict:
         bias = torch.from_numpy(b.copy()) if b is not None else torch.zeros(w.shape[0])
         if conv.bias is not None:
             sd[f"{name}.bias"] = bias
-        elif bn is not None:
-            bn_name = name.rsplit(".", 1)[0] + "." + str(int(name.rsplit(".", 1)[1]) + 1)
+        elif bn_name is not None:
             n = w.shape[0]
             sd.update({f"{bn_name}.weight": torch.ones(n), f"{bn_name}.bias": bias,
-                       f"{bn_name}.running_mean": torch.zeros(n), f"{bn_name}.running_var": torch.full((n,), 1 - bn.eps),
+                       f"{bn_name}.running_mean": torch.zeros(n), f"{bn_name}.running_var": torch.full((n,), 1 - modules[bn_name].eps),
                        f"{bn_name}.num_batches_tracked": torch.tensor(0)})
         else:
             raise ValueError(f"{name}: a bias-free convolution without a BatchNorm")
@@ -168,8 +162,9 @@ def recover(model_dir, photos: list) -> dict:
     convs[-1] = (w / a, (b - c) / a)   # the head: alpha = sigmoid(a z + c) was folded into it
     model = create_student(cfg)
     sd = state_dict_from_onnx(model, convs)
-    model = rebuild_pruned(cfg, sd) if extra.get("pruned") else model
-    if not extra.get("pruned"):
+    if extra.get("pruned"):   # the state dict's shapes carry the pruned channel counts
+        model = rebuild_pruned(cfg, sd)
+    else:
         model.load_state_dict(sd)
     pre = Session(model_dir, threads=1).preprocess   # photos seen as the runtime sees them
     x = torch.from_numpy(np.concatenate([pre(load_rgb(p)) for p in photos]))
