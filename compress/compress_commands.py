@@ -263,6 +263,7 @@ def add_recover(sub) -> None:
 
 def run_recover(args) -> int:
     from ..models import resolve
+    from ..runtime.errors import EdgecutError
     from .distill import _save_atomic
     from .export import calibration_photos
     from .recover import recover
@@ -273,8 +274,7 @@ def run_recover(args) -> int:
         photos = calibration_photos(args.photos or train_root(), args.n)
         ck = recover(folder, photos)
     except (FileNotFoundError, ValueError) as e:
-        print(f"edgecut compress recover: {e}", file=sys.stderr)
-        return 2
+        raise EdgecutError(str(e)) from None
     args.out.mkdir(parents=True, exist_ok=True)
     _save_atomic(ck, args.out / "best.pt")
     print(f"{folder.name} -> {args.out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm statistics "

@@ -139,8 +139,10 @@ def restore_batchnorm_stats(model: nn.Module, x: torch.Tensor, chunk: int = 16) 
 def recover(model_dir, photos: list) -> dict:
     """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
     single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
+    from dataclasses import replace
+
     from ..models.student import create_student
-    from ..models.variants import StudentConfig
+    from ..models.variants import get_variant
     from ..runtime.imageio import load_rgb
     from ..runtime.session import Session
     from .prune import rebuild_pruned
@@ -152,9 +154,8 @@ def recover(model_dir, photos: list) -> dict:
         raise ValueError(f"{model_dir.name} is an ensemble: recover its members' own models instead")
     if "variant" not in extra:
         raise ValueError(f"{model_dir.name}: its manifest names no student variant (not an edgecut student?)")
-    vd = extra["variant"]
-    cfg = StudentConfig(**{**vd, "stages": tuple(map(tuple, vd["stages"])), "mean": tuple(vd["mean"]),
-                           "std": tuple(vd["std"]), "decoder_channels": tuple(vd["decoder_channels"])})
+    # By registry name, as every checkpoint is loaded (`student_from_checkpoint`), at the file's size.
+    cfg = replace(get_variant(extra["variant"]["name"]), input_size=extra["variant"]["input_size"])
     convs = onnx_convs(model_dir / man.file)
     cal = extra.get("calibration") or {}
     a, c = (cal.get("scale", 1.0), cal.get("shift", 0.0)) if cal.get("applied", True) else (1.0, 0.0)

@@ -213,7 +213,7 @@ def test_recover_refuses_what_is_not_a_student(tiny_model_dir, tmp_path, capsys)
     photos.mkdir()
     _photos(photos, 2)
     assert main(["compress", "recover", str(tiny_model_dir), "--out", str(tmp_path / "r"),
-                 "--photos", str(photos)]) == 2
+                 "--photos", str(photos)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names no student variant" in err[0]
     assert not (tmp_path / "r").exists()
