@@ -107,8 +107,27 @@ def add_distill(sub) -> None:
     p.add_argument("--pattern-bg", type=float, default=0.0, metavar="P",
                    help="fraction of composites pasted onto a tiled pattern (wrapping paper, prints) instead "
                         "of a photo (default 0)")
+    p.add_argument("--set-weight", action="append", default=[], metavar="SET=W",
+                   help="draw SET's photos W times as often as the others (repeatable), e.g. "
+                        "portrait_shen2016_nontest=2 for a model that must be best on people")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to files); log.jsonl has it all")
     p.set_defaults(func=run_distill)
+
+
+def parse_set_weights(items) -> dict:
+    """["a=2", "b=0.5"] -> {"a": 2.0, "b": 0.5}; a malformed or non-positive weight is a one-line error."""
+    from ..runtime.errors import EdgecutError
+
+    out = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        try:
+            out[name] = float(w)
+        except ValueError:
+            out[name] = float("nan")
+        if not name or not out[name] > 0:
+            raise EdgecutError(f"--set-weight {item}: expected SET=W with W > 0")
+    return out
 
 
 def run_distill(args) -> int:
@@ -118,7 +137,8 @@ def run_distill(args) -> int:
                       out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
-                      workers=args.workers, input_size=check_input_size(args.input_size))
+                      workers=args.workers, input_size=check_input_size(args.input_size),
+                      set_weights=parse_set_weights(args.set_weight))
     if not 0 <= args.pattern_bg <= 1:
         from ..runtime.errors import EdgecutError
 

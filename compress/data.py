@@ -66,6 +66,16 @@ def is_holdout(pair: Pair, fraction: float) -> bool:
     return h / 0xFFFFFFFF < fraction
 
 
+def set_weights(pairs, weights: dict) -> list[float] | None:
+    """Each pair's sampling weight from {set name: weight} (sets not named: 1); None when all are 1,
+    so an unweighted run draws exactly as before."""
+    unknown = set(weights) - {p.set for p in pairs}
+    if unknown:
+        raise ValueError(f"weights for sets with no photos: {', '.join(sorted(unknown))}")
+    w = [float(weights.get(p.set, 1.0)) for p in pairs]
+    return None if all(v == 1.0 for v in w) else w
+
+
 def split_pairs(pairs, fraction: float = 0.03):
     train = [p for p in pairs if not is_holdout(p, fraction)]
     held = [p for p in pairs if is_holdout(p, fraction)]
@@ -127,9 +137,12 @@ class BatchAugmenter:
     a CPU run with the same seed.
     """
 
-    def __init__(self, samples, cfg: AugmentConfig, mean, std, seed: int = 0, device="cpu"):
-        """samples: (image, alpha) uint8 tensors, already on `device`."""
+    def __init__(self, samples, cfg: AugmentConfig, mean, std, seed: int = 0, device="cpu", weights=None):
+        """samples: (image, alpha) uint8 tensors, already on `device`; weights: how often each is drawn
+        relative to the others (None: all alike), e.g. to show a small set of the photos that matter
+        most (portraits, for a selfie app) more often without copying them."""
         self.samples = samples
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.cfg = cfg
         self.device = torch.device(device)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1).to(self.device)
@@ -265,7 +278,10 @@ class BatchAugmenter:
     def batch(self, batch_size: int):
         """-> normalised images B,3,S,S and alphas B,1,S,S in [0,1]."""
         size, c = self.cfg.size, self.cfg
-        idx = torch.randint(len(self.samples), (batch_size,), generator=self.g)
+        if self.weights is None:
+            idx = torch.randint(len(self.samples), (batch_size,), generator=self.g)
+        else:
+            idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=self.g)
         x, y = self._crops(idx, size)
         comp = self._u(n=(batch_size,)) < c.composite_p
         blur = self._u(n=(batch_size,)) < c.bg_blur_p
@@ -294,9 +310,10 @@ class AugmentStream(torch.utils.data.IterableDataset):
     Worker k uses seed + 7919 k, so a run with a fixed worker count is reproducible.
     """
 
-    def __init__(self, samples, cfg: AugmentConfig, mean, std, batch_size: int, seed: int = 0, device="cpu"):
+    def __init__(self, samples, cfg: AugmentConfig, mean, std, batch_size: int, seed: int = 0, device="cpu",
+                 weights=None):
         self.samples, self.cfg, self.mean, self.std = samples, cfg, mean, std
-        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.batch_size, self.seed, self.device, self.weights = batch_size, seed, device, weights
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -304,13 +321,13 @@ class AugmentStream(torch.utils.data.IterableDataset):
         if info:
             torch.set_num_threads(1)  # many workers, one core each
         aug = BatchAugmenter(self.samples, self.cfg, self.mean, self.std, seed=self.seed + 7919 * wid,
-                             device=self.device)
+                             device=self.device, weights=self.weights)
         while True:
             yield aug.batch(self.batch_size)
 
 
 def batch_stream(samples, cfg: AugmentConfig, mean, std, batch_size: int, seed: int = 0,
-                 workers: int = 0, device="cpu"):
+                 workers: int = 0, device="cpu", weights=None):
     """An endless iterator of (x, y) batches.
 
     workers == 0: augmented in the training process on `device` (the photos are moved there): on a
@@ -321,8 +338,8 @@ def batch_stream(samples, cfg: AugmentConfig, mean, std, batch_size: int, seed: 
     if workers <= 0:
         if device.type != "cpu":
             samples = [(im.to(device), al.to(device)) for im, al in samples]
-        return iter(AugmentStream(samples, cfg, mean, std, batch_size, seed, device))
-    stream = AugmentStream(samples, cfg, mean, std, batch_size, seed)
+        return iter(AugmentStream(samples, cfg, mean, std, batch_size, seed, device, weights))
+    stream = AugmentStream(samples, cfg, mean, std, batch_size, seed, weights=weights)
     pin = device.type == "cuda"
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin,
                                          prefetch_factor=4, persistent_workers=True)

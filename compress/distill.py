@@ -23,6 +23,7 @@ from .data import (
     eval_tensors,
     find_pairs,
     load_all,
+    set_weights,
     split_pairs,
 )
 from .export import student_from_checkpoint
@@ -39,6 +40,7 @@ class TrainConfig:
     out: str = "runs/distill/edgecut-small"
     steps: int = 20000
     minutes: float = 0.0             # > 0: fit the run into this many minutes (sets `steps` after a short probe)
+    set_weights: dict = field(default_factory=dict)  # {set: w}: draw that set's photos w times as often
     batch_size: int = 0              # 0: batch_size_for(device): 16 on CPU, 128 on a GPU
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -124,6 +126,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if not pairs:
         raise SystemExit(f"no (photo, alpha) pairs under {cfg.data}")
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
+    try:
+        weights = set_weights(train_pairs, cfg.set_weights)
+    except ValueError as e:
+        raise SystemExit(f"--set-weight: {e}") from None
     device = pick_device(cfg.device)
     cfg.batch_size = batch_size_for(device, cfg.batch_size)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
@@ -167,7 +173,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     else:  # too few photos for a held-out split: "best" is simply the latest
         print("warning: no held-out photos (raise --holdout or add photos); best.pt = latest")
     batches = batch_stream(samples, cfg.augment, scfg.mean, scfg.std, cfg.batch_size, seed=aug_seed,
-                           workers=cfg.workers, device=device)
+                           workers=cfg.workers, device=device, weights=weights)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     print(f"{cfg.variant}{' (QAT)' if cfg.qat else ''} at {scfg.input_size} px on {device}, batch {cfg.batch_size}: {count_params(model):,} params, {count_macs(model, scfg.input_size)/1e6:.0f}M MACs; "
