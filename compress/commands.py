@@ -115,7 +115,7 @@ def add_distill(sub) -> None:
 
 
 def parse_set_weights(items) -> dict:
-    """["a=2", "b=0.5"] -> {"a": 2.0, "b": 0.5}; a malformed or non-positive weight is a one-line error."""
+    """["a=2", "b=0.5"] -> {"a": 2.0, "b": 0.5}; a malformed, non-positive or infinite weight is a one-line error."""
     from ..runtime.errors import EdgecutError
 
     out = {}
@@ -125,8 +125,8 @@ def parse_set_weights(items) -> dict:
             out[name] = float(w)
         except ValueError:
             out[name] = float("nan")
-        if not name or not out[name] > 0:
-            raise EdgecutError(f"--set-weight {item}: expected SET=W with W > 0")
+        if not name or not 0 < out[name] < float("inf"):
+            raise EdgecutError(f"--set-weight {item}: expected SET=W with a finite W > 0")
     return out
 
 

@@ -311,7 +311,7 @@ def test_set_weights_draw_a_set_more_often(train_dir):
 def test_cli_distill_refuses_a_bad_set_weight(train_dir, tmp_path, capsys):
     from edgecut.cli import main
 
-    for bad in ("b=0", "b=x", "=2"):
+    for bad in ("b=0", "b=x", "=2", "b=inf"):
         assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(tmp_path / "r"),
                      "--set-weight", bad, "--steps", "1"]) == 1
         assert f"--set-weight {bad}" in capsys.readouterr().err and not (tmp_path / "r").exists()
