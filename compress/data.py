@@ -59,11 +59,16 @@ def find_pairs(root, sets=None, label_roots=(), exclude=()) -> list[Pair]:
     return pairs
 
 
+def stable_hash(key: str) -> int:
+    """A 32-bit number from `key` that is the same on every machine and run (unlike `hash`): the
+    basis of every split of the photos by name."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+
+
 def is_holdout(pair: Pair, fraction: float) -> bool:
     """A stable split by set and file stem, so resuming, adding photos or re-encoding them (a packed
     WebP copy for a remote GPU) never moves a photo across it."""
-    h = int(hashlib.sha1(f"{pair.set}/{pair.image.stem}".encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < fraction
+    return stable_hash(f"{pair.set}/{pair.image.stem}") / 0xFFFFFFFF < fraction
 
 
 def set_weights(pairs, weights: dict) -> list[float] | None:

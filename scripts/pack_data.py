@@ -12,12 +12,11 @@ the same, so `find_pairs` and the stem-keyed held-out split see the same photos.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from edgecut.compress.data import find_pairs, open_pair
+from edgecut.compress.data import find_pairs, open_pair, stable_hash
 from PIL import Image
 
 
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     pairs = find_pairs(args.src, sets=args.sets and args.sets.split(","), label_roots=args.label_root,
                        exclude=exclude)
     pairs = [p for p in pairs if p.set not in args.thin
-             or int(hashlib.sha1(p.image.stem.encode()).hexdigest()[:8], 16) % 2 == 0]
+             or stable_hash(p.image.stem) % 2 == 0]
     from tqdm import tqdm
 
     with ThreadPoolExecutor() as pool:

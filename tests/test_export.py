@@ -198,8 +198,7 @@ def test_recover_gives_back_a_trainable_student(exported, tmp_path):
     x = torch.from_numpy(np.concatenate(xs))
     with torch.no_grad():
         eval_out = got(x)
-        ck2 = recover(q, photos)   # statistics measured on these very photos
-        m2 = student_from_checkpoint(ck2).eval()
+        m2 = student_from_checkpoint(ck).eval()   # statistics measured on these very photos
         m2(x)
         m2.train()
         # photos resized by the recovery as the runtime does: train mode on them = eval mode
