@@ -38,11 +38,15 @@ class Decoder(nn.Module):
         self.head = nn.Conv2d(c, 1, 1)
 
     def forward(self, image: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        return upsample_to(self.low(feats), image)   # B,1,H/2,W/2 -> B,1,H,W logits
+
+    def low(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The logits before the last upsampling (B,1,H/2,W/2): where an ensemble averages its members."""
         *skips, x = feats
         x = self.context(x)                          # B,ctx,H/32,W/32
         for level, (block, skip) in enumerate(zip(self.blocks, reversed(skips))):
             x = block(self.merge(level, x, skip))    # up to H/16 ... H/2
-        return upsample_to(self.head(x), image)      # B,1,H/2,W/2 -> B,1,H,W logits
+        return self.head(x)                          # B,1,H/2,W/2
 
     def merge(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Upsample x to the skip's size and concatenate them (the input of block `level`); its own

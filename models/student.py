@@ -23,6 +23,10 @@ class Student(nn.Module):
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(x, self.encoder(x))
 
+    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits on the decoder's last grid (B,1,H/2,W/2), before their upsampling to H,W."""
+        return self.decoder.low(self.encoder(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B,3,H,W normalised image -> B,1,H,W alpha in [0,1]."""
         return torch.sigmoid(self.forward_logits(x))

@@ -34,18 +34,40 @@ def members(make_student):
 
 
 def test_logits_are_the_mean_of_the_members_at_their_sizes(members):
+    """Averaged on the big member's logit grid (32 px), the small one's (16 px) brought there by nearest
+    neighbours, then upsampled once, bilinearly."""
     big, small = members
     ens = Ensemble([big, small]).eval()
     assert ens.cfg.input_size == 64 and [m.input_size for m in ens.cfg.members] == [64, 32]
+    assert ens.grids == [32, 16]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        zs = F.interpolate(small.forward_logits(F.interpolate(x, size=(32, 32), mode="nearest-exact")),
-                           size=(64, 64), mode="nearest-exact")
-        want = (big.forward_logits(x) + zs) / 2
+        zs = F.interpolate(small.forward_low(F.interpolate(x, size=(32, 32), mode="nearest-exact")),
+                           size=(32, 32), mode="nearest-exact")
+        want = F.interpolate((big.forward_low(x) + zs) / 2, size=(64, 64), mode="bilinear", align_corners=False)
         torch.testing.assert_close(ens.forward_logits(x), want)
         fold_into_head(ens, 2.0, -1.0)       # a calibration folds into every member's head
         torch.testing.assert_close(ens.forward_logits(x), 2 * want - 1, atol=1e-5, rtol=1e-5)
         assert ens(x).shape == (2, 1, 64, 64)
+
+
+def test_members_of_one_size_average_as_their_own_outputs(make_student):
+    """Averaging before the last upsampling is the same as after it when no member is resized; and
+    building the ensemble (a dry run per member) leaves a training member's batch-norm statistics alone."""
+    a, b = make_student(BIG), make_student(BIG)
+    with torch.no_grad():
+        b.decoder.head.bias.add_(0.7)
+    b.train()
+    stats = [m.running_mean.clone() for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ens = Ensemble([a, b])
+    assert b.training
+    assert all(torch.equal(s, m.running_mean) for s, m in
+               zip(stats, [m for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]))
+    ens.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ens.forward_logits(x), (a.forward_logits(x) + b.forward_logits(x)) / 2,
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n_in,n_out", [(256, 192), (192, 256), (320, 192), (64, 32), (7, 5)])
