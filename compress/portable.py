@@ -36,11 +36,21 @@ def resize_nodes(model_path) -> list:
     return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type == "Resize"]
 
 
+# Ops that onnxruntime's quantizer gives their input's scale (it quantizes their output "same as input"):
+# an Add operand that comes through them has the scale of the tensor they read, not its own.
+_SAME_SCALE_OPS = ("Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice")
+
+
 def residual_groups(model_path) -> list:
     """Tensors that must share one scale: each Add's inputs and output, merged along a chain of
-    residual blocks (x1 = x0 + f(x0), x2 = x1 + f(x1) puts x0, f(x0), x1, f(x1), x2 together)."""
+    residual blocks (x1 = x0 + f(x0), x2 = x1 + f(x1) puts x0, f(x0), x1, f(x1), x2 together), and
+    with each operand the tensors it was copied from by index ops (an ensemble's gathers of a
+    member's logits onto the other's grid: without them the Add met the member's own scale)."""
     import onnx
 
+    graph = onnx.load(str(model_path)).graph
+    constants = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
     parent: dict = {}
 
     def root(t: str) -> str:
@@ -48,10 +58,17 @@ def residual_groups(model_path) -> list:
             t = parent[t]
         return t
 
-    for node in onnx.load(str(model_path)).graph.node:
+    def join(a: str, b: str) -> None:
+        parent[root(a)] = root(b)
+
+    for node in graph.node:
         if node.op_type == "Add":
             for t in [*node.input, node.output[0]]:
-                parent[root(t)] = root(node.output[0])
+                join(t, node.output[0])
+                src = producer.get(t)
+                while src is not None and src.op_type in _SAME_SCALE_OPS and src.input[0] not in constants:
+                    join(src.input[0], node.output[0])
+                    src = producer.get(src.input[0])
     groups: dict = {}
     for t in list(parent):
         groups.setdefault(root(t), []).append(t)

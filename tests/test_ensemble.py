@@ -17,6 +17,7 @@ from edgecut.runtime.manifest import Manifest  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
 
 from conftest import block_photos  # noqa: E402
+from test_portable import _add_scales  # noqa: E402
 from PIL import Image  # noqa: E402
 
 BIG = register(StudentConfig(name="test-ens-big", input_size=64, width=0.25, context_channels=16,
@@ -112,6 +113,7 @@ def test_cli_ensemble_exports_to_one_int8_graph_with_both_stems_rewritten(member
     assert Manifest.load(q / "manifest.json").extra["quantization"]["stem"].startswith("space-to-depth")
     ops = [n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node]
     assert ops.count("SpaceToDepth") == 2      # the big member's stem and the resized small one's
+    assert all(len(set(r)) == 1 for r in _add_scales(q / "model.onnx"))   # portable: no Add rescales
     plain = quantize_int8(fp32, tmp_path / "x", "duo-plain", photos, compact=False)   # no rewrite
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32) * 2
     import onnxruntime as ort
@@ -133,3 +135,25 @@ def test_cli_ensemble_refuses_bad_members(members, tmp_path, capsys):
     assert main(["compress", "ensemble", str(a), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "e" / "best.pt").exists()
+
+
+def test_the_gathered_logits_join_the_mean_s_scale_group(tmp_path):
+    """onnxruntime's quantizer gives a Gather's or Transpose's output the scale of its input, so the
+    tensor the small member's logits are gathered from must share the mean's scale too; the shipped
+    edgecut-duo's mean once met them on their own scale (0.246 against 0.411), a rescale in QLinearAdd."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgecut.compress.portable import residual_groups
+
+    idx = helper.make_tensor("idx", TensorProto.INT64, [4], [0, 0, 1, 1])
+    nodes = [helper.make_node("Gather", ["small", "idx"], ["rows"], axis=2),
+             helper.make_node("Transpose", ["rows"], ["t"], perm=[0, 1, 3, 2]),
+             helper.make_node("Gather", ["t", "idx"], ["cols"], axis=2),
+             helper.make_node("Transpose", ["cols"], ["gathered"], perm=[0, 1, 3, 2]),
+             helper.make_node("Add", ["big", "gathered"], ["mean"])]
+    value = lambda name, n: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, n, n])  # noqa: E731
+    graph = helper.make_graph(nodes, "g", [value("big", 4), value("small", 2)], [value("mean", 4)], [idx])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    assert residual_groups(tmp_path / "m.onnx") == [sorted(["big", "small", "rows", "t", "cols", "gathered", "mean"])]
+
