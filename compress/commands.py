@@ -107,6 +107,9 @@ def add_distill(sub) -> None:
     p.add_argument("--pattern-bg", type=float, default=0.0, metavar="P",
                    help="fraction of composites pasted onto a tiled pattern (wrapping paper, prints) instead "
                         "of a photo (default 0)")
+    p.add_argument("--print-fg", type=float, default=0.0, metavar="P",
+                   help="fraction of photos whose subject gets a tiled print over its lower part, alpha "
+                        "unchanged (patterned clothing is subject; default 0)")
     p.add_argument("--set-weight", action="append", default=[], metavar="SET=W",
                    help="draw SET's photos W times as often as the others (repeatable), e.g. "
                         "portrait_shen2016_nontest=2 for a model that must be best on people")
@@ -139,11 +142,12 @@ def run_distill(args) -> int:
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=check_input_size(args.input_size),
                       set_weights=parse_set_weights(args.set_weight))
-    if not 0 <= args.pattern_bg <= 1:
-        from ..runtime.errors import EdgecutError
+    for flag, p in (("--pattern-bg", args.pattern_bg), ("--print-fg", args.print_fg)):
+        if not 0 <= p <= 1:
+            from ..runtime.errors import EdgecutError
 
-        raise EdgecutError(f"--pattern-bg {args.pattern_bg}: a fraction between 0 and 1")
-    cfg.augment.pattern_p = args.pattern_bg
+            raise EdgecutError(f"{flag} {p}: a fraction between 0 and 1")
+    cfg.augment.pattern_p, cfg.augment.print_p = args.pattern_bg, args.print_fg
     best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
     return 0

@@ -129,6 +129,27 @@ def test_pattern_backgrounds_repeat_a_crop_and_are_background(train_dir):
     assert y.any()
 
 
+def test_prints_cover_the_subject_below_a_line_and_leave_the_alpha(train_dir):
+    samples = load_all(find_pairs(train_dir), progress=False)
+    aug = BatchAugmenter(samples, AugmentConfig(size=48), (0.0,) * 3, (1.0,) * 3, seed=2)
+    x = torch.rand(3, 3, 48, 48)
+    y = torch.zeros(3, 1, 48, 48)
+    y[:, :, 8:, 12:36] = 1                       # a subject standing on the bottom edge
+    before = x.clone()
+    out = aug._printed(x.clone(), y, torch.tensor([True, False, True]))
+    assert torch.equal(out[1], before[1])         # not drawn: untouched
+    assert torch.equal(out[:, :, :, :12], before[:, :, :, :12])   # background: untouched
+    for i in (0, 2):
+        changed = (out[i] != before[i]).any(0)    # H,W
+        assert changed[40:, 12:36].all() and not changed[:8].any()   # the subject's lower part only
+        assert not changed[:4].any() and changed.any(1).nonzero().min() >= 12   # from 25% down at least
+    cfg = AugmentConfig(size=48, composite_p=0.0, print_p=1.0)
+    _, y1 = BatchAugmenter(samples, cfg, (0.0,) * 3, (1.0,) * 3, seed=4).batch(3)
+    cfg = AugmentConfig(size=48, composite_p=0.0, print_p=0.0)
+    _, y0 = BatchAugmenter(samples, cfg, (0.0,) * 3, (1.0,) * 3, seed=4).batch(3)
+    assert torch.equal(y1, y0)                    # the alpha is the photo's own, print or not
+
+
 def test_loss_prefers_the_right_answer_and_sharp_edges():
     target = torch.zeros(1, 1, 32, 32)
     target[..., 8:24, 8:24] = 1
@@ -284,6 +305,9 @@ def test_cli_distill_refuses_a_pattern_fraction_outside_0_1(train_dir, tmp_path,
     assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(tmp_path / "r"),
                  "--pattern-bg", "1.5", "--steps", "1"]) == 1
     assert "--pattern-bg 1.5" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["distill", "--data", str(train_dir), "--variant", "edgecut-nano", "--out", str(tmp_path / "r"),
+                 "--print-fg", "-0.1", "--steps", "1"]) == 1
+    assert "--print-fg -0.1" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_set_weights_draw_a_set_more_often(train_dir):
