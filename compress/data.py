@@ -257,10 +257,12 @@ class BatchAugmenter:
         from a random height (25-75% of the crop) down, blended by their alpha, which stays as it was.
 
         Why: every student cut patterned clothing out of portraits (a dotted blouse, a paisley scarf,
-        a black-and-white print: IoU 0.50-0.75 where MediaPipe Selfie scored 0.93-0.99), the students
-        trained before `pattern_p` existed too. A print is background only where it is behind the subject;
+        a floral shirt: IoU 0.50-0.83 where MediaPipe Selfie scored 0.87-0.99), the students trained
+        before `pattern_p` existed too. A print is background only where it is behind the subject;
         inside the subject's outline, as a shirt or a scarf, it is subject, and the photos alone rarely
-        show that. The print keeps the photo's shading (scaled by its blurred luminance), so folds stay."""
+        show that. The print keeps the photo's shading (scaled by its blurred luminance), so folds stay.
+        Measured at print_p 0.25 (README, "Where the default loses to MediaPipe on portraits"): it fixed
+        printed clothing and lost some plain clothing, a trade; no shipped model uses it yet."""
         sel = which.nonzero().flatten()
         if not len(sel):
             return x
@@ -270,9 +272,10 @@ class BatchAugmenter:
         rows = (torch.arange(size, dtype=torch.float32) + 0.5) / size
         band = (rows[None] >= top[:, None]).float()[:, None, :, None].to(self.device)   # n,1,S,1
         lum = F.avg_pool2d(x[on].mean(1, keepdim=True), 9, 1, 4, count_include_pad=False)
-        m = y[on] * band
-        shade = lum / ((lum * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1e-6)).clamp_min(0.05)
-        x[on] = x[on] * (1 - m) + (pat * shade.clamp(0.3, 1.5)).clamp(0, 1) * m
+        m = y[on] * band                                                      # n,1,S,S: where the print goes
+        mean_lum = (lum * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1e-6)
+        shade = (lum / mean_lum.clamp_min(0.05)).clamp(0.3, 1.5)             # the photo's folds and light
+        x[on] = x[on] * (1 - m) + (pat * shade).clamp(0, 1) * m
         return x
 
     def _jitter(self, x):
