@@ -142,10 +142,10 @@ def run_distill(args) -> int:
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=check_input_size(args.input_size),
                       set_weights=parse_set_weights(args.set_weight))
+    from ..runtime.errors import EdgecutError
+
     for flag, p in (("--pattern-bg", args.pattern_bg), ("--print-fg", args.print_fg)):
         if not 0 <= p <= 1:
-            from ..runtime.errors import EdgecutError
-
             raise EdgecutError(f"{flag} {p}: a fraction between 0 and 1")
     cfg.augment.pattern_p, cfg.augment.print_p = args.pattern_bg, args.print_fg
     best = train(cfg, progress=not args.no_progress)

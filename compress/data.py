@@ -271,11 +271,12 @@ class BatchAugmenter:
         top = self._u(0.25, 0.75, n=(len(sel),))
         rows = (torch.arange(size, dtype=torch.float32) + 0.5) / size
         band = (rows[None] >= top[:, None]).float()[:, None, :, None].to(self.device)   # n,1,S,1
-        lum = F.avg_pool2d(x[on].mean(1, keepdim=True), 9, 1, 4, count_include_pad=False)
+        photos = x[on]                                                        # n,3,S,S (a copy: indexed)
+        lum = F.avg_pool2d(photos.mean(1, keepdim=True), 9, 1, 4, count_include_pad=False)
         m = y[on] * band                                                      # n,1,S,S: where the print goes
         mean_lum = (lum * m).sum((2, 3), keepdim=True) / m.sum((2, 3), keepdim=True).clamp_min(1e-6)
         shade = (lum / mean_lum.clamp_min(0.05)).clamp(0.3, 1.5)             # the photo's folds and light
-        x[on] = x[on] * (1 - m) + (pat * shade).clamp(0, 1) * m
+        x[on] = photos * (1 - m) + (pat * shade).clamp(0, 1) * m
         return x
 
     def _jitter(self, x):

@@ -305,7 +305,7 @@ def test_cli_distill_refuses_a_pattern_fraction_outside_0_1(train_dir, tmp_path,
     assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(tmp_path / "r"),
                  "--pattern-bg", "1.5", "--steps", "1"]) == 1
     assert "--pattern-bg 1.5" in capsys.readouterr().err and not (tmp_path / "r").exists()
-    assert main(["distill", "--data", str(train_dir), "--variant", "edgecut-nano", "--out", str(tmp_path / "r"),
+    assert main(["distill", "--variant", "test-distill", "--data", str(train_dir), "--out", str(tmp_path / "r"),
                  "--print-fg", "-0.1", "--steps", "1"]) == 1
     assert "--print-fg -0.1" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
