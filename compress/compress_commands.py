@@ -1,5 +1,5 @@
-"""`edgecut compress prune|quantize|qat|soup|ensemble|recover`: make trained students smaller, integer or
-steadier, or get a trainable checkpoint back from a shipped model.
+"""`edgecut compress prune|quantize|qat|soup|ensemble|pad|recover`: make trained students smaller, integer,
+steadier or faster, or get a trainable checkpoint back from a shipped model.
 
 Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
 """
@@ -19,6 +19,7 @@ def register(sub) -> None:
     add_qat(verbs)
     add_soup(verbs)
     add_ensemble(verbs)
+    add_pad(verbs)
     add_recover(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -248,6 +249,47 @@ def run_ensemble(args) -> int:
     best = build([parse_member(m) for m in args.members], args.out, args.name,
                  calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
     print(f"ensemble of {len(args.members)} students: {best}  (then: edgecut export {best} --calibrate ...)")
+    return 0
+
+
+# --- pad ---------------------------------------------------------------------------------------
+def add_pad(sub) -> None:
+    p = sub.add_parser("pad", help="widen an exported ONNX model's depthwise streams to multiples of 16 channels "
+                                   "with zero channels (the same sums, faster in onnxruntime; export does it already)")
+    p.add_argument("model", help="embedded model name or model folder from `edgecut export`")
+    p.add_argument("--out", type=Path, required=True, help="folder for OUT/NAME")
+    p.add_argument("--name", help="name of the result (default: the model's)")
+    p.add_argument("--embed", action="store_true", help="copy the result into the package's models/embedded/NAME")
+    p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
+    p.set_defaults(func=run_pad)
+
+
+def run_pad(args) -> int:
+    from ..models import resolve
+    from ..runtime.errors import EdgecutError
+    from ..runtime.manifest import Manifest
+    from .pad_channels import pad_folder
+
+    path, _ = resolve(args.model)
+    folder = path.parent if path.is_file() else path
+    if not (folder / "manifest.json").is_file():
+        raise EdgecutError(f"{folder}: no manifest.json (expected a folder from `edgecut export`)")
+    name = args.name or Manifest.load(folder / "manifest.json").name or folder.name
+    if (args.out / name).resolve() == folder.resolve():
+        raise EdgecutError(f"{args.out / name}: would overwrite the input model; pass another --out or --name")
+    try:
+        dest, padding = pad_folder(folder, args.out, name)
+    except ValueError as e:
+        raise EdgecutError(str(e)) from None
+    if not padding:
+        print(f"{folder.name}: every depthwise stream that can be widened already has a multiple of 16 channels; "
+              "nothing written")
+        return 0
+    print(f"{dest}: {len(padding)} convolutions widened")
+    if args.embed:
+        from .export import embed
+
+        print(f"embedded: {embed(dest, name, default=args.default)}")
     return 0
 
 

@@ -189,6 +189,7 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
 
     from ..runtime.session import Session
     from .portable import calibrated_ranges, residual_groups, resize_nodes, shared_scales
+    from .pad_channels import MULTIPLE, pad_channels
     from .space_to_depth import rewrite_stem
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -211,10 +212,11 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
         quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
-        stem = False
+        stem, padded = False, {}
         if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
             compact_onnx(out, out)
             stem = rewrite_stem(out)
+            padded = pad_channels(out)
         out.replace(folder / "model.onnx")
     q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
                 extra={**manifest.extra, "quantization": {
@@ -225,7 +227,8 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                                  "why": "exact int8 arithmetic: x86 and ARM give the same alpha"}
                     if portable else False,
                     "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
-                    "stem": "space-to-depth 2x2 (exact, faster)" if stem else "as exported"}})
+                    "stem": "space-to-depth 2x2 (exact, faster)" if stem else "as exported"},
+                **({"padding": {"multiple": MULTIPLE, "convs": padded}} if padded else {})})
     q.save(folder / "manifest.json")
     return folder
 
@@ -265,6 +268,8 @@ def float_ops(path) -> dict:
             continue
         data_inputs = [i for i in n.input if i and i not in weights]
         dq = [producers.get(i) for i in data_inputs]
+        if data_inputs and all(d is not None and d.op_type == "QuantizeLinear" for d in dq):
+            continue     # reads the integers themselves (pad_channels' Slices)
         if data_inputs and all(d is not None and d.op_type == "DequantizeLinear" for d in dq):
             if n.op_type not in _DROP_QDQ_OPS:
                 continue

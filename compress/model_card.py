@@ -68,6 +68,15 @@ def _portable_line(q: dict):
             "(`make arm-check`)")
 
 
+def _padding_line(manifest):
+    p = manifest.extra.get("padding")
+    if not p:
+        return None
+    return (f"- channels: {len(p['convs'])} convolutions widened with zero channels, so that the depthwise "
+            f"streams have multiples of {p['multiple']} channels, where onnxruntime's uint8 kernels are faster: "
+            "the same sums (`compress/pad_channels.py`)")
+
+
 def _pruning_line(m: Manifest):
     p = m.extra.get("pruned")
     if not p:
@@ -113,6 +122,7 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         "- stem: the 3x3 stride-2 int8 convolution runs as a 2x2 convolution over SpaceToDepth(2): the same "
         "integer sums, faster in onnxruntime (`compress/space_to_depth.py`)"
         if str(q.get("stem", "")).startswith("space-to-depth") else None,
+        _padding_line(manifest),
         "- quantization-aware: fine-tuned with fake int8 rounding (`edgecut compress qat`) before this int8 "
         "export" if manifest.extra.get("qat") else None,
         *_ensemble_lines(manifest),

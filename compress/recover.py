@@ -4,8 +4,9 @@ Why: a clone of this repo holds the shipped models but none of the checkpoints t
 from (those stay out of git), so fine-tuning the default model on one's own photos, or on a second
 teacher, would start from nothing. The int8 file still holds every weight: the convolutions are
 read back in graph order (which is the student's module order), dequantized, and the export's
-rewrites undone: the SpaceToDepth stem goes back to a 3x3 stride-2 kernel, and the logit
-calibration folded into the head is divided out (the manifest records it).
+rewrites undone: the zero channels added for onnxruntime's kernels are cut off, the SpaceToDepth
+stem goes back to a 3x3 stride-2 kernel, and the logit calibration folded into the head is divided
+out (the manifest records both).
 
 The export folded each BatchNorm into its convolution, so the recovered convolutions carry a bias
 that the student's bias-free convs hold in their BatchNorm instead. A BatchNorm that trains
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..runtime.manifest import Manifest
+from .pad_channels import unpad
 from .space_to_depth import _TAP
 
 
@@ -157,6 +159,9 @@ def recover(model_dir, photos: list) -> dict:
     # By registry name, as every checkpoint is loaded (`student_from_checkpoint`), at the file's size.
     cfg = replace(get_variant(extra["variant"]["name"]), input_size=extra["variant"]["input_size"])
     convs = onnx_convs(model_dir / man.file)
+    padding = extra.get("padding")
+    if padding:   # zero channels the export added for onnxruntime's kernels (pad_channels.py)
+        convs = unpad(convs, padding["convs"])
     cal = extra.get("calibration") or {}
     a, c = (cal.get("scale", 1.0), cal.get("shift", 0.0)) if cal.get("applied", True) else (1.0, 0.0)
     w, b = convs[-1]

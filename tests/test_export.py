@@ -216,3 +216,88 @@ def test_recover_refuses_what_is_not_a_student(tiny_model_dir, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names no student variant" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def _depthwise_channels(path) -> list:
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    out = []
+    for n in g.node:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type == "Conv" and group > 1:
+            w = init.get(n.input[1])
+            if w is None:
+                w = init[producers[n.input[1]].input[0]]
+            assert w.shape[0] == group
+            out.append(group)
+    return out
+
+
+def test_padding_widens_depthwise_streams_with_the_same_sums(exported, tmp_path):
+    """The tiny student's stem stream has 8 channels: widened to 16 (stem, depthwise, residual Add,
+    expand conv, and a Slice back to 8 for the decoder's Concat), the alpha unchanged."""
+    import onnxruntime as ort
+
+    from edgecut.compress.pad_channels import pad_channels, unpad
+    from edgecut.compress.recover import onnx_convs
+    from edgecut.compress.space_to_depth import rewrite_stem
+
+    _, folder, out = exported
+    full = quantize_int8(folder, out, "tiny-int8-pad", _photos(tmp_path, 4), compact=False) / "model.onnx"
+    plain, wide = tmp_path / "plain.onnx", tmp_path / "wide.onnx"
+    compact_onnx(full, plain)
+    rewrite_stem(plain)
+    padding = pad_channels(plain, wide)
+    before, after = _depthwise_channels(plain), _depthwise_channels(wide)
+    assert 8 in before and 8 not in after and len(before) == len(after)
+    assert all(a == b or (a % 16 == 0 and a - b < 16) for a, b in zip(after, before))
+    assert pad_channels(wide, tmp_path / "twice.onnx") == {}     # nothing left to widen: a no-op
+    assert float_ops(wide) == float_ops(plain)                     # the Slice runs on uint8
+    # weights cut back by the record equal the unwidened ones
+    for (w0, b0), (w1, b1) in zip(onnx_convs(plain), unpad(onnx_convs(wide), padding)):
+        assert np.array_equal(w0, w1) and np.array_equal(b0, b1)
+    runs = {}
+    for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        a, b = (ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in (plain, wide))
+        xs = [np.random.default_rng(seed).standard_normal((1, 3, 64, 64)).astype(np.float32) * 2 for seed in range(3)]
+        runs[level] = [(a.run(["alpha"], {"input": x})[0], b.run(["alpha"], {"input": x})[0]) for x in xs]
+    # the QDQ graph as written (float convolutions between quantize steps): the zero channels add 0
+    assert all(np.array_equal(y0, y1) for y0, y1 in runs["ORT_DISABLE_ALL"])
+    # onnxruntime's fused uint8 kernels: the same integer sums; a requantization that lands within
+    # float rounding of .5 may go either way between kernels of different widths
+    assert all(np.abs(y0 - y1).mean() < 2e-3 for y0, y1 in runs["ORT_ENABLE_ALL"])
+
+
+def test_cli_pad_writes_a_widened_copy_once(exported, tmp_path, capsys):
+    from edgecut.cli import main
+
+    _, folder, _ = exported
+    assert main(["compress", "pad", str(folder), "--out", str(tmp_path / "p")]) == 0
+    m = Manifest.load(tmp_path / "p" / "tiny-fp32" / "manifest.json")
+    assert m.sha256 == sha256_of(tmp_path / "p" / "tiny-fp32" / "model.onnx") and m.extra["padding"]["multiple"] == 16
+    assert 8 not in _depthwise_channels(tmp_path / "p" / "tiny-fp32" / "model.onnx")
+    fp, wide = Session(folder, threads=1), Session(tmp_path / "p" / "tiny-fp32", threads=1)
+    rgb = np.asarray(Image.open(_photos(tmp_path, 1)[0]).convert("RGB"))
+    np.testing.assert_allclose(wide.infer(rgb), fp.infer(rgb), atol=1e-5)
+    capsys.readouterr()
+    assert main(["compress", "pad", str(tmp_path / "p" / "tiny-fp32"), "--out", str(tmp_path / "q")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already widened" in err[0] and not (tmp_path / "q" / "tiny-fp32").exists()
+
+
+def test_export_widens_and_recover_cuts_back(exported, tmp_path):
+    from edgecut.compress.recover import recover
+
+    _, folder, out = exported
+    photos = _photos(tmp_path, 4)
+    q = quantize_int8(folder, out, "tiny-int8-wide", photos)
+    m = Manifest.load(q / "manifest.json")
+    assert m.extra["padding"]["convs"] and 8 not in _depthwise_channels(q / "model.onnx")
+    ck = recover(q, photos)
+    assert ck["model"]["encoder.stem.0.weight"].shape[0] == 8   # the variant's own channel count
