@@ -105,7 +105,9 @@ def add_latency(bench) -> None:
     _common(p)
     p.add_argument("--threads", type=_int_list, default=[1, 2], metavar="1,2",
                    help="thread counts to time (default 1,2)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count (slow models: 3)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
+    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
+                   help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
     p.add_argument("--photo", type=Path, help="photo for the end-to-end timing (default: a synthetic 4000x3000 JPEG)")
     p.add_argument("--photo-size", type=_size, default=(4000, 3000), metavar="WxH",
                    help="size of the synthetic photo (default 4000x3000)")
@@ -119,9 +121,9 @@ def add_latency(bench) -> None:
 def run_latency(args) -> int:
     from . import latency, report
 
-    if args.runs < 1:
-        raise EdgecutError("--runs must be at least 1")
-    cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, photo=args.photo,
+    if args.runs < 1 or args.min_time < 0:
+        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
+    cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, min_seconds=args.min_time, photo=args.photo,
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
     results, photo = latency.run_latency(args.model or ["default"], cfg)
@@ -130,7 +132,7 @@ def run_latency(args) -> int:
         from .profile import profile_table
         printed += "\n\n" + profile_table(results)
     print(printed)
-    payload = {**report.header("latency", args), "photo": photo, "runs": args.runs,
+    payload = {**report.header("latency", args), "photo": photo, "runs": args.runs, "min_time_s": args.min_time,
                "timing": "Session.infer on an RGB array already at the model's input size "
                          "(network + normalisation); end-to-end stages are medians",
                "models": results}
@@ -148,7 +150,9 @@ def add_report(bench) -> None:
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--threads", type=_int_list, default=[1, 2], metavar="1,2",
                    help="thread counts to time; the plot uses the first (default 1,2)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count (slow models: 3)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
+    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
+                   help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="prediction cache, as for `bench accuracy`")
     p.add_argument("--out", type=Path, default=Path("runs/bench/report"), metavar="STEM",
                    help="writes STEM.md, STEM.png and STEM.json (default runs/bench/report)")
@@ -162,8 +166,10 @@ def run_report(args) -> int:
     data = args.data or accuracy.default_data_dir()
     sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
     models = args.model or ["default"]
+    if args.runs < 1 or args.min_time < 0:
+        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
     res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, min_seconds=args.min_time)
     md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])
     print(md)
     stem = args.out

@@ -115,11 +115,13 @@ def plot(rows: List[dict], path: Path, threads: int = 1) -> Optional[Path]:
 
 
 def build_report(models: Sequence[str], sets, threads: Sequence[int] = (1, 2), runs: int = 20,
-                 cache_dir=None, teacher_path: Optional[str] = None, progress: bool = True) -> Dict:
+                 cache_dir=None, teacher_path: Optional[str] = None, progress: bool = True,
+                 min_seconds: float = 1.0) -> Dict:
     from . import accuracy, latency
 
     acc = accuracy.run_accuracy(models, sets, threads=threads[-1], teacher_path=teacher_path,
                                 progress=progress, cache_dir=cache_dir)
     lat, _ = latency.run_latency(models, latency.LatencyConfig(
-        threads=tuple(threads), runs=runs, teacher_path=teacher_path, measure_rss=False, end_to_end=False))
+        threads=tuple(threads), runs=runs, min_seconds=min_seconds, teacher_path=teacher_path, measure_rss=False,
+        end_to_end=False))
     return {"rows": merge(acc, lat), "accuracy": acc, "latency": lat}

@@ -1,4 +1,4 @@
-"""`edgecut compress prune|quantize|qat|soup|ensemble|pad|recover`: make trained students smaller, integer,
+"""`edgecut compress prune|quantize|qat|soup|ensemble|rewrite|recover`: make trained students smaller, integer,
 steadier or faster, or get a trainable checkpoint back from a shipped model.
 
 Only argparse at import time: torch, torch_pruning and onnxruntime's tools load in the handlers.
@@ -19,7 +19,7 @@ def register(sub) -> None:
     add_qat(verbs)
     add_soup(verbs)
     add_ensemble(verbs)
-    add_pad(verbs)
+    add_rewrite(verbs)
     add_recover(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -252,23 +252,23 @@ def run_ensemble(args) -> int:
     return 0
 
 
-# --- pad ---------------------------------------------------------------------------------------
-def add_pad(sub) -> None:
-    p = sub.add_parser("pad", help="widen an exported ONNX model's depthwise streams to multiples of 16 channels "
-                                   "with zero channels (the same sums, faster in onnxruntime; export does it already)")
+# --- rewrite -----------------------------------------------------------------------------------
+def add_rewrite(sub) -> None:
+    p = sub.add_parser("rewrite", help="apply export's exact onnxruntime speed-ups (SpaceToDepth stem, uint8 data "
+                                       "movement, channels in multiples of 16) to a model exported before them")
     p.add_argument("model", help="embedded model name or model folder from `edgecut export`")
     p.add_argument("--out", type=Path, required=True, help="folder for OUT/NAME")
     p.add_argument("--name", help="name of the result (default: the model's)")
     p.add_argument("--embed", action="store_true", help="copy the result into the package's models/embedded/NAME")
     p.add_argument("--default", action="store_true", help="with --embed: make it the default model")
-    p.set_defaults(func=run_pad)
+    p.set_defaults(func=run_rewrite)
 
 
-def run_pad(args) -> int:
+def run_rewrite(args) -> int:
     from ..models import resolve
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
-    from .pad_channels import pad_folder
+    from .export import rewrite_folder
 
     path, _ = resolve(args.model)
     folder = path.parent if path.is_file() else path
@@ -278,14 +278,15 @@ def run_pad(args) -> int:
     if (args.out / name).resolve() == folder.resolve():
         raise EdgecutError(f"{args.out / name}: would overwrite the input model; pass another --out or --name")
     try:
-        dest, padding = pad_folder(folder, args.out, name)
+        dest, done = rewrite_folder(folder, args.out, name)
     except ValueError as e:
         raise EdgecutError(str(e)) from None
-    if not padding:
-        print(f"{folder.name}: every depthwise stream that can be widened already has a multiple of 16 channels; "
-              "nothing written")
+    if dest is None:
+        print(f"{folder.name}: nothing to rewrite (every rewrite already applied or not applicable); nothing written")
         return 0
-    print(f"{dest}: {len(padding)} convolutions widened")
+    widened = len(done["padding"].get("convs", {}))
+    print(f"{dest}: stem {'rewritten' if done['stem'] else 'as it was'}; quantize steps moved before data movement: "
+          f"{done['moves']}; convolutions widened: {widened}")
     if args.embed:
         from .export import embed
 

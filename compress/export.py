@@ -189,8 +189,6 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
 
     from ..runtime.session import Session
     from .portable import calibrated_ranges, residual_groups, resize_nodes, shared_scales
-    from .pad_channels import MULTIPLE, pad_channels
-    from .space_to_depth import rewrite_stem
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -212,11 +210,10 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
         quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
-        stem, padded = False, {}
+        done = {"stem": False, "moves": 0, "padding": {}}
         if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
             compact_onnx(out, out)
-            stem = rewrite_stem(out)
-            padded = pad_channels(out)
+            done = speed_rewrites(out)
         out.replace(folder / "model.onnx")
     q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
                 extra={**manifest.extra, "quantization": {
@@ -227,10 +224,59 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                                  "why": "exact int8 arithmetic: x86 and ARM give the same alpha"}
                     if portable else False,
                     "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
-                    "stem": "space-to-depth 2x2 (exact, faster)" if stem else "as exported"},
-                **({"padding": {"multiple": MULTIPLE, "convs": padded}} if padded else {})})
+                    "stem": STEM_NOTE if done["stem"] else "as exported", "uint8_moves": done["moves"]},
+                **({"padding": done["padding"]} if done["padding"] else {})})
     q.save(folder / "manifest.json")
     return folder
+
+
+STEM_NOTE = "space-to-depth 2x2 (exact, faster)"
+
+
+def speed_rewrites(path) -> dict:
+    """The exact rewrites of a compact QDQ file that onnxruntime runs faster, in place: the SpaceToDepth
+    stem, quantizing before data movement, zero channels up to multiples of 16 (each module says why).
+    Returns what each did: {"stem": bool, "moves": count, "padding": {} or its record}."""
+    from .pad_channels import MULTIPLE, pad_channels
+    from .space_to_depth import rewrite_stem
+    from .uint8_moves import quantize_before_moves
+
+    stem = rewrite_stem(path)
+    moves = quantize_before_moves(path)
+    padded = pad_channels(path)
+    return {"stem": stem, "moves": moves, "padding": {"multiple": MULTIPLE, "convs": padded} if padded else {}}
+
+
+def rewrite_folder(src, out_dir, name: str) -> tuple:
+    """`speed_rewrites` on a copy of an exported ONNX folder (one made before some of them existed),
+    written as <out_dir>/<name>/ with its manifest brought up to date. Returns (folder, what was done);
+    folder None and nothing written when every rewrite was a no-op."""
+    src, out_dir = Path(src), Path(out_dir)
+    m = Manifest.load(src / "manifest.json")
+    if m.format != "onnx":
+        raise ValueError(f"{src}: a {m.format} model; the rewrites are for ONNX files")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        work = Path(tmp) / name
+        shutil.copytree(src, work)
+        done = speed_rewrites(work / m.file)
+        if not (done["stem"] or done["moves"] or done["padding"]):
+            return None, done
+        extra = dict(m.extra or {})
+        if m.precision == "int8":
+            q = dict(extra.get("quantization") or {})
+            q.update(float_ops=float_ops(work / m.file), uint8_moves=q.get("uint8_moves", 0) + done["moves"])
+            if done["stem"]:
+                q["stem"] = STEM_NOTE
+            extra["quantization"] = q
+        if done["padding"]:
+            extra["padding"] = done["padding"]
+        replace(m, name=name, sha256=sha256_of(work / m.file), extra=extra).save(work / "manifest.json")
+        dest = out_dir / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        work.rename(dest)
+    return dest, done
 
 
 # Ops that onnxruntime runs on uint8 only by dropping the DQ/Q pair around them, which it does
@@ -255,9 +301,12 @@ def float_ops(path) -> dict:
     import onnx
     from onnx import numpy_helper
 
+    from .uint8_moves import integer_tensors
+
     graph = onnx.load(str(path)).graph
     producers, consumers = graph_index(graph)
     weights = {i.name: i for i in graph.initializer}
+    integer = integer_tensors(graph)
 
     def qparams(node) -> tuple:
         return tuple(numpy_helper.to_array(weights[i]).tobytes() if i in weights else i for i in node.input[1:3])
@@ -268,8 +317,8 @@ def float_ops(path) -> dict:
             continue
         data_inputs = [i for i in n.input if i and i not in weights]
         dq = [producers.get(i) for i in data_inputs]
-        if data_inputs and all(d is not None and d.op_type == "QuantizeLinear" for d in dq):
-            continue     # reads the integers themselves (pad_channels' Slices)
+        if data_inputs and all(i in integer for i in data_inputs):
+            continue     # moves the integers themselves (uint8_moves.py, pad_channels' Slices)
         if data_inputs and all(d is not None and d.op_type == "DequantizeLinear" for d in dq):
             if n.op_type not in _DROP_QDQ_OPS:
                 continue

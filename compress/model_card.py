@@ -122,6 +122,9 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         "- stem: the 3x3 stride-2 int8 convolution runs as a 2x2 convolution over SpaceToDepth(2): the same "
         "integer sums, faster in onnxruntime (`compress/space_to_depth.py`)"
         if str(q.get("stem", "")).startswith("space-to-depth") else None,
+        f"- data movement on uint8: {q['uint8_moves']} quantize steps moved before the Gathers, Transposes and "
+        "SpaceToDepth that followed them (the same integers, a quarter of the bytes; `compress/uint8_moves.py`)"
+        if q.get("uint8_moves") else None,
         _padding_line(manifest),
         "- quantization-aware: fine-tuned with fake int8 rounding (`edgecut compress qat`) before this int8 "
         "export" if manifest.extra.get("qat") else None,

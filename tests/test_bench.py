@@ -1,5 +1,6 @@
 """`edgecut bench accuracy|latency` end to end on a tiny fake bench folder and a tiny model."""
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_bench_accuracy_limit(tiny_model_dir, fake_bench, tmp_path):
 def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "lat.json"
     rc = main(["bench", "latency", "--model", str(tiny_model_dir), "--threads", "1,2", "--runs", "3",
-               "--photo-size", "320x240", "--json", str(out), "--no-progress"])
+               "--min-time", "0", "--photo-size", "320x240", "--json", str(out), "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "p50(ms)" in text and "Decode(ms)" in text
@@ -116,11 +117,22 @@ def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir)
     assert PredictionCache(tmp_path, other).get("s", Path("a b.jpg")) is None
 
 
+def test_latency_times_for_at_least_min_seconds(tiny_session):
+    """A fast model gets more than `runs` timed runs until the time floor is reached; without a floor,
+    exactly `runs`."""
+    from edgecut.bench.latency import time_infer
+
+    assert time_infer(tiny_session, runs=3, warmup=1)["runs"] == 3
+    t = time.perf_counter()
+    r = time_infer(tiny_session, runs=3, warmup=1, min_seconds=0.2)
+    assert r["runs"] > 3 and time.perf_counter() - t >= 0.2
+
+
 def test_bench_report_writes_table_plot_and_json(tiny_model_dir, fake_bench, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     stem = tmp_path / "rep" / "report"
     rc = main(["bench", "report", "--data", str(fake_bench), "--model", str(tiny_model_dir),
-               "--threads", "1", "--runs", "2", "--out", str(stem), "--no-progress"])
+               "--threads", "1", "--runs", "2", "--min-time", "0", "--out", str(stem), "--no-progress"])
     assert rc == 0
     md = stem.with_suffix(".md").read_text()
     assert "IoU grabcut" in md and "| **tiny** |" in md   # a lone model is its own Pareto front

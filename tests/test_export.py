@@ -274,21 +274,66 @@ def test_padding_widens_depthwise_streams_with_the_same_sums(exported, tmp_path)
     assert all(np.abs(y0 - y1).mean() < 2e-3 for y0, y1 in runs["ORT_ENABLE_ALL"])
 
 
-def test_cli_pad_writes_a_widened_copy_once(exported, tmp_path, capsys):
+def test_cli_rewrite_writes_a_faster_copy_once(exported, tmp_path, capsys):
+    """A model quantized before the rewrites existed (the plain compact form) gets all three, with its
+    manifest brought up to date; a second run finds nothing to do and writes nothing."""
     from edgecut.cli import main
 
-    _, folder, _ = exported
-    assert main(["compress", "pad", str(folder), "--out", str(tmp_path / "p")]) == 0
-    m = Manifest.load(tmp_path / "p" / "tiny-fp32" / "manifest.json")
-    assert m.sha256 == sha256_of(tmp_path / "p" / "tiny-fp32" / "model.onnx") and m.extra["padding"]["multiple"] == 16
-    assert 8 not in _depthwise_channels(tmp_path / "p" / "tiny-fp32" / "model.onnx")
-    fp, wide = Session(folder, threads=1), Session(tmp_path / "p" / "tiny-fp32", threads=1)
+    _, folder, out = exported
+    plain = quantize_int8(folder, out, "tiny-int8-old", _photos(tmp_path, 4), compact=False)
+    compact_onnx(plain / "model.onnx", plain / "model.onnx")
+    from dataclasses import replace
+
+    replace(Manifest.load(plain / "manifest.json"), sha256=sha256_of(plain / "model.onnx")).save(plain / "manifest.json")
+    assert main(["compress", "rewrite", str(plain), "--out", str(tmp_path / "p"), "--name", "tiny-new"]) == 0
+    assert "convolutions widened: " in capsys.readouterr().out
+    new = tmp_path / "p" / "tiny-new"
+    m = Manifest.load(new / "manifest.json")
+    assert m.sha256 == sha256_of(new / "model.onnx") and m.extra["padding"]["multiple"] == 16
+    assert m.extra["quantization"]["stem"].startswith("space-to-depth") and m.extra["quantization"]["uint8_moves"] >= 1
+    assert "SpaceToDepth" not in m.extra["quantization"]["float_ops"]   # it moves uint8 now
+    assert 8 not in _depthwise_channels(new / "model.onnx")
+    a, b = Session(plain, threads=1), Session(new, threads=1)
     rgb = np.asarray(Image.open(_photos(tmp_path, 1)[0]).convert("RGB"))
-    np.testing.assert_allclose(wide.infer(rgb), fp.infer(rgb), atol=1e-5)
-    capsys.readouterr()
-    assert main(["compress", "pad", str(tmp_path / "p" / "tiny-fp32"), "--out", str(tmp_path / "q")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already widened" in err[0] and not (tmp_path / "q" / "tiny-fp32").exists()
+    assert np.abs(a.infer(rgb) - b.infer(rgb)).mean() < 2e-3
+    assert main(["compress", "rewrite", str(new), "--out", str(tmp_path / "q")]) == 0
+    assert "nothing to rewrite" in capsys.readouterr().out and not (tmp_path / "q" / "tiny-new").exists()
+
+
+def test_quantize_before_moves_keeps_every_integer(tmp_path):
+    """Q(Transpose(Gather(DQ(Q(x))))) and a SpaceToDepth before a Q: rewritten so that the moves run on
+    uint8, the duplicate Q of the input merged, and the output identical to the bit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecut.compress.uint8_moves import integer_tensors, quantize_before_moves
+
+    s, z = numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.uint8(128), "z")
+    idx = numpy_helper.from_array(np.array([0, 2, 3, 5], np.int64), "idx")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Gather", ["xd", "idx"], ["g"], axis=2),
+             helper.make_node("Transpose", ["g"], ["t"], perm=[0, 1, 3, 2]),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"]),
+             helper.make_node("DequantizeLinear", ["tq", "s", "z"], ["a"]),
+             helper.make_node("SpaceToDepth", ["x"], ["sd"], blocksize=2),
+             helper.make_node("QuantizeLinear", ["sd", "s", "z"], ["sq"]),
+             helper.make_node("DequantizeLinear", ["sq", "s", "z"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2, 6, 4]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 8, 3, 3])], [s, z, idx])
+    src, dst = tmp_path / "m.onnx", tmp_path / "r.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_before_moves(src, dst) >= 3
+    g = onnx.load(str(dst)).graph
+    assert [n.op_type for n in g.node].count("QuantizeLinear") == 1        # one Q of the photo
+    movers = [n for n in g.node if n.op_type in ("Gather", "Transpose", "SpaceToDepth")]
+    assert len(movers) == 3 and all(n.output[0] in integer_tensors(g) for n in movers)
+    x = (np.random.default_rng(0).standard_normal((1, 2, 6, 6)) * 4).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x}) for p in (src, dst))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert quantize_before_moves(dst, tmp_path / "again.onnx") == 0
 
 
 def test_export_widens_and_recover_cuts_back(exported, tmp_path):
