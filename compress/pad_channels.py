@@ -184,23 +184,20 @@ def _stream(G: _Graph, seed: str, channels: int):
 
 
 def _widen_outputs(G: _Graph, conv, count: int) -> None:
-    """Append `count` all-zero output channels to a conv: weight rows, their scales, the bias."""
-    name, dq = G.constant(conv, 1)
-    if dq is None:
-        G.pad(conv, 1, 0, count)
-    else:
+    """Append `count` all-zero output channels to a conv: weight rows and the bias, each with its
+    per-channel scale and zero point repeated from the last channel (onnxruntime fuses a Conv into
+    uint8 only when every bias scale is input scale x weight scale, so the pairs must stay matched)."""
+    for index in (1, 2):                 # weight, bias
+        name, dq = G.constant(conv, index)
+        if name is None:
+            continue
+        if dq is None:
+            G.pad(conv, index, 0, count)
+            continue
         G.pad(dq, 0, 0, count)
-        for i in (1, 2):                 # per-channel scale and zero point: the last channel's
+        for i in (1, 2):
             if len(dq.input) > i and dq.input[i] and G.array(dq.input[i]).size > 1:
                 G.pad(dq, i, 0, count, "edge")
-    bname, bdq = G.constant(conv, 2)
-    if bname is not None and bdq is None:
-        G.pad(conv, 2, 0, count)
-    elif bdq is not None:
-        G.pad(bdq, 0, 0, count)
-        for i in (1, 2):                 # (onnxruntime fuses a Conv into uint8 only when each bias
-            if len(bdq.input) > i and bdq.input[i] and G.array(bdq.input[i]).size > 1:   # scale is
-                G.pad(bdq, i, 0, count, "edge")   # input scale x weight scale: kept so)
 
 
 def _widen_inputs(G: _Graph, conv, count: int) -> None:
