@@ -294,6 +294,14 @@ def graph_index(graph) -> tuple:
     return producers, consumers
 
 
+def quant_params(node, inits: dict) -> tuple:
+    """A QuantizeLinear's or DequantizeLinear's scale and zero point, comparable between nodes: the
+    initializers' bytes (a tensor name where one is not an initializer)."""
+    from onnx import numpy_helper
+
+    return tuple(numpy_helper.to_array(inits[i]).tobytes() if i in inits else i for i in node.input[1:3])
+
+
 def float_ops(path) -> dict:
     """Op types that still compute in float in a QDQ model: those whose inputs are not all dequantized
     int8 tensors (onnxruntime fuses DQ -> op -> Q into an integer kernel only in that case), and
@@ -308,9 +316,6 @@ def float_ops(path) -> dict:
     weights = {i.name: i for i in graph.initializer}
     integer = integer_tensors(graph)
 
-    def qparams(node) -> tuple:
-        return tuple(numpy_helper.to_array(weights[i]).tobytes() if i in weights else i for i in node.input[1:3])
-
     counts: dict = {}
     for n in graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -323,7 +328,7 @@ def float_ops(path) -> dict:
             if n.op_type not in _DROP_QDQ_OPS:
                 continue
             qs = [c for c in consumers.get(n.output[0], []) if c.op_type == "QuantizeLinear"]
-            if len(qs) == 1 and qparams(qs[0]) == qparams(dq[0]):
+            if len(qs) == 1 and quant_params(qs[0], weights) == quant_params(dq[0], weights):
                 continue
         elif not data_inputs:
             continue

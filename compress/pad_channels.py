@@ -27,9 +27,9 @@ or leaving the graph) is left as it is.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from .space_to_depth import _attrs, _set
 
 MULTIPLE = 16
 
@@ -39,10 +39,13 @@ _PER_CHANNEL = {"QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Resize", 
 _ELEMENTWISE = {"Add", "Mul", "Sub", "Max", "Min"}
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def _keeps_channels(node) -> bool:
+    """Whether a _PER_CHANNEL op maps channel c of its input to channel c of its output: not a Gather
+    along the channels, a Transpose that moves them, or a Resize given explicit sizes (they name C)."""
+    a = _attrs(node)
+    return not ((node.op_type == "Gather" and a.get("axis", 0) in (1, -3))
+                or (node.op_type == "Transpose" and list(a.get("perm", []))[:2] != [0, 1])
+                or (node.op_type == "Resize" and len(node.input) > 3 and node.input[3]))
 
 
 class _Graph:
@@ -139,7 +142,7 @@ def _stream(G: _Graph, seed: str, channels: int):
             else:
                 return None
         elif p.op_type in _PER_CHANNEL:
-            if p.op_type == "Resize" and len(p.input) > 3 and p.input[3]:
+            if not _keeps_channels(p):
                 return None
             todo.append(p.input[0])
         elif p.op_type in _ELEMENTWISE:
@@ -161,9 +164,7 @@ def _stream(G: _Graph, seed: str, channels: int):
                 else:
                     return None
             elif c.op_type in _PER_CHANNEL and c.input[0] == t:
-                if (c.op_type == "Gather" and _attrs(c).get("axis", 0) in (1, -3)) or \
-                        (c.op_type == "Transpose" and list(_attrs(c).get("perm", []))[:2] != [0, 1]) or \
-                        (c.op_type == "Resize" and len(c.input) > 3 and c.input[3]):   # sizes name C
+                if not _keeps_channels(c):
                     return None
                 todo.append(c.output[0])
             elif c.op_type in _ELEMENTWISE:
@@ -201,7 +202,7 @@ def _widen_outputs(G: _Graph, conv, count: int) -> None:
 
 
 def _widen_inputs(G: _Graph, conv, count: int) -> None:
-    name, dq = G.constant(conv, 1)
+    _, dq = G.constant(conv, 1)
     if dq is None:
         G.pad(conv, 1, 1, count)
     else:
@@ -220,14 +221,12 @@ def _slice_back(G: _Graph, concat, index: int, channels: int) -> None:
         G.g.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
         G.inits[name] = G.g.initializer[-1]
     dq = G.producers.get(t)
+    quantized = dq is not None and dq.op_type == "DequantizeLinear"
     at = list(G.g.node).index(concat)
-    if dq is not None and dq.op_type == "DequantizeLinear":
-        sl = helper.make_node("Slice", [dq.input[0], f"{tag}_starts", f"{tag}_ends", f"{tag}_axes"], [f"{tag}_q"])
-        dq2 = helper.make_node("DequantizeLinear", [f"{tag}_q", *dq.input[1:]], [tag])
-        G.g.node.insert(at, dq2)
-        G.g.node.insert(at, sl)
-    else:
-        G.g.node.insert(at, helper.make_node("Slice", [t, f"{tag}_starts", f"{tag}_ends", f"{tag}_axes"], [tag]))
+    if quantized:
+        G.g.node.insert(at, helper.make_node("DequantizeLinear", [f"{tag}_q", *dq.input[1:]], [tag]))
+    G.g.node.insert(at, helper.make_node("Slice", [dq.input[0] if quantized else t, f"{tag}_starts", f"{tag}_ends",
+                                                   f"{tag}_axes"], [f"{tag}_q" if quantized else tag]))
     concat.input[index] = tag
 
 
@@ -260,8 +259,7 @@ def pad_channels(src, dst=None, multiple: int = MULTIPLE) -> dict:
         for conv in producers + depthwise:
             _widen_outputs(G, conv, count)
         for conv in depthwise:
-            conv.attribute.remove(next(a for a in conv.attribute if a.name == "group"))
-            conv.attribute.append(onnx.helper.make_attribute("group", c + count))
+            _set(conv, group=c + count)
         for conv in consumers:
             _widen_inputs(G, conv, count)
         for concat, index in concats:
@@ -282,5 +280,3 @@ def unpad(convs: list, padding: dict) -> list:
         w, b = out[i]
         out[i] = (w[:o, :ipg], None if b is None else b[:o])
     return out
-
-

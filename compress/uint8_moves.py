@@ -22,10 +22,10 @@ def _one_step(g, inits: dict) -> bool:
     """Apply the first rewrite found; False when there is none left."""
     from onnx import numpy_helper
 
-    from .export import graph_index
+    from .export import graph_index, quant_params
 
     def params(node) -> tuple:
-        return tuple(numpy_helper.to_array(inits[i]).tobytes() if i in inits else i for i in node.input[1:3])
+        return quant_params(node, inits)
 
     producers, consumers = graph_index(g)
     graph_inputs = {i.name for i in g.input}
@@ -58,7 +58,7 @@ def _one_step(g, inits: dict) -> bool:
     return False
 
 
-def _tidy(g, inits: dict) -> None:
+def _tidy(g) -> None:
     """Topological order again, otherwise the order the nodes had (a moved Q goes just before the move
     that reads it: `compress recover` reads the convolutions in graph order), and no node nobody reads."""
     producer = {o: n for n in g.node for o in n.output}
@@ -98,7 +98,7 @@ def quantize_before_moves(src, dst=None) -> int:
         n += 1
     if not n:
         return 0
-    _tidy(g, inits)
+    _tidy(g)
     del g.value_info[:]
     onnx.checker.check_model(model)
     onnx.save(model, str(dst or src))
