@@ -99,15 +99,25 @@ def run_accuracy(args) -> int:
     return 1 if failed else 0
 
 
+def _timing(p) -> None:
+    """--runs and --min-time, shared by `bench latency` and `bench report` (both time Session.infer)."""
+    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
+    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
+                   help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
+
+
+def _check_timing(args) -> None:
+    if args.runs < 1 or args.min_time < 0:
+        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
+
+
 # --- latency ---------------------------------------------------------------------------------------
 def add_latency(bench) -> None:
     p = bench.add_parser("latency", help="size, params, load time, p50/p90 latency, 12 MP end to end, peak RSS")
     _common(p)
     p.add_argument("--threads", type=_int_list, default=[1, 2], metavar="1,2",
                    help="thread counts to time (default 1,2)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
-    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
+    _timing(p)
     p.add_argument("--photo", type=Path, help="photo for the end-to-end timing (default: a synthetic 4000x3000 JPEG)")
     p.add_argument("--photo-size", type=_size, default=(4000, 3000), metavar="WxH",
                    help="size of the synthetic photo (default 4000x3000)")
@@ -121,8 +131,7 @@ def add_latency(bench) -> None:
 def run_latency(args) -> int:
     from . import latency, report
 
-    if args.runs < 1 or args.min_time < 0:
-        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
+    _check_timing(args)
     cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, min_seconds=args.min_time, photo=args.photo,
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
@@ -150,9 +159,7 @@ def add_report(bench) -> None:
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--threads", type=_int_list, default=[1, 2], metavar="1,2",
                    help="thread counts to time; the plot uses the first (default 1,2)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
-    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
+    _timing(p)
     p.add_argument("--cache", type=Path, metavar="DIR", help="prediction cache, as for `bench accuracy`")
     p.add_argument("--out", type=Path, default=Path("runs/bench/report"), metavar="STEM",
                    help="writes STEM.md, STEM.png and STEM.json (default runs/bench/report)")
@@ -166,8 +173,7 @@ def run_report(args) -> int:
     data = args.data or accuracy.default_data_dir()
     sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
     models = args.model or ["default"]
-    if args.runs < 1 or args.min_time < 0:
-        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
+    _check_timing(args)
     res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
                                progress=not args.no_progress, min_seconds=args.min_time)
     md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])
