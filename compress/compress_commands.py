@@ -254,7 +254,8 @@ def run_ensemble(args) -> int:
 
 # --- rewrite -----------------------------------------------------------------------------------
 def add_rewrite(sub) -> None:
-    p = sub.add_parser("rewrite", help="apply export's exact onnxruntime speed-ups (SpaceToDepth stem, uint8 data "
+    p = sub.add_parser("rewrite", help="apply export's onnxruntime rewrites (7-bit GEMM weights, exact on AVX2 "
+                                       "without VNNI; and the exact speed-ups: SpaceToDepth stem, uint8 data "
                                        "movement, channels in multiples of 16) to a model exported before them")
     p.add_argument("model", help="embedded model name or model folder from `edgecut export`")
     p.add_argument("--out", type=Path, required=True, help="folder for OUT/NAME")
@@ -285,7 +286,8 @@ def run_rewrite(args) -> int:
         print(f"{folder.name}: nothing to rewrite (every rewrite already applied or not applicable); nothing written")
         return 0
     widened = len(done["padding"].get("convs", {}))
-    print(f"{dest}: stem {'rewritten' if done['stem'] else 'as it was'}; quantize steps moved before data movement: "
+    print(f"{dest}: convolutions with 7-bit weights: {done['seven_bit']}; "
+          f"stem {'rewritten' if done['stem'] else 'as it was'}; quantize steps moved before data movement: "
           f"{done['moves']}; convolutions widened: {widened}")
     if args.embed:
         from .export import embed

@@ -182,13 +182,15 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
     unless `compact` is False: the per-layer report needs the original tensor names).
 
     `portable` (default) makes the int8 arithmetic exact, so x86 and ARM give the same alpha:
-    Resize in float and one scale per residual group (see portable.py). It costs one more
-    calibration pass over `photos`."""
+    Resize in float and one scale per residual group (see portable.py), and 7-bit weights for
+    the GEMM convolutions, which AVX2 x86 without VNNI would otherwise saturate (seven_bit.py).
+    It costs one more calibration pass over `photos`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..runtime.session import Session
     from .portable import calibrated_ranges, residual_groups, resize_nodes, shared_scales
+    from .seven_bit import seven_bit_weights
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -210,6 +212,7 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
         quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
+        seven_bit = seven_bit_weights(out) if portable else 0
         done = {"stem": False, "moves": 0, "padding": {}}
         if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
             compact_onnx(out, out)
@@ -221,7 +224,8 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
                     "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
                     "calibration": method, "calibration_photos": len(photos),
                     "portable": {"float_resize": True, "shared_scale_groups": len(groups),
-                                 "why": "exact int8 arithmetic: x86 and ARM give the same alpha"}
+                                 **seven_bit_record(seven_bit),
+                                 "why": PORTABLE_WHY}
                     if portable else False,
                     "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
                     "stem": STEM_NOTE if done["stem"] else "as exported", "uint8_moves": done["moves"]},
@@ -231,6 +235,14 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
 
 
 STEM_NOTE = "space-to-depth 2x2 (exact, faster)"
+PORTABLE_WHY = "exact int8 arithmetic: x86 (with or without VNNI) and ARM give the same alpha"
+
+
+def seven_bit_record(convs: int) -> dict:
+    """The manifest's note of `seven_bit.seven_bit_weights` (count of convs rewritten)."""
+    return {"seven_bit_gemm_weights": convs,
+            "seven_bit_why": "non-depthwise conv weights within +-64, so AVX2 x86 without VNNI cannot "
+                             "saturate its int16 pair sums (compress/seven_bit.py)"}
 
 
 def speed_rewrites(path) -> dict:
@@ -248,9 +260,11 @@ def speed_rewrites(path) -> dict:
 
 
 def rewrite_folder(src, out_dir, name: str) -> tuple:
-    """`speed_rewrites` on a copy of an exported ONNX folder (one made before some of them existed),
-    written as <out_dir>/<name>/ with its manifest brought up to date. Returns (folder, what was done);
-    folder None and nothing written when every rewrite was a no-op."""
+    """`seven_bit_weights` and `speed_rewrites` on a copy of an exported ONNX folder (one made before
+    some of them existed), written as <out_dir>/<name>/ with its manifest brought up to date. Returns
+    (folder, what was done); folder None and nothing written when every rewrite was a no-op."""
+    from .seven_bit import seven_bit_weights
+
     src, out_dir = Path(src), Path(out_dir)
     m = Manifest.load(src / "manifest.json")
     if m.format != "onnx":
@@ -259,13 +273,19 @@ def rewrite_folder(src, out_dir, name: str) -> tuple:
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         work = Path(tmp) / name
         shutil.copytree(src, work)
-        done = speed_rewrites(work / m.file)
-        if not (done["stem"] or done["moves"] or done["padding"]):
+        seven_bit = seven_bit_weights(work / m.file)
+        done = {"seven_bit": seven_bit, **speed_rewrites(work / m.file)}
+        if not (seven_bit or done["stem"] or done["moves"] or done["padding"]):
             return None, done
         extra = dict(m.extra or {})
         if m.precision == "int8":
             q = dict(extra.get("quantization") or {})
             q.update(float_ops=float_ops(work / m.file), uint8_moves=q.get("uint8_moves", 0) + done["moves"])
+            if seven_bit and isinstance(q.get("portable"), dict):
+                q["portable"] = {**q["portable"], **seven_bit_record(seven_bit),
+                                 "why": PORTABLE_WHY}
+            elif seven_bit:
+                q["seven_bit"] = seven_bit_record(seven_bit)
             if done["stem"]:
                 q["stem"] = STEM_NOTE
             extra["quantization"] = q

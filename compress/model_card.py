@@ -63,8 +63,12 @@ def _portable_line(q: dict):
     p = q.get("portable")
     if not p:
         return None
+    seven = p.get("seven_bit_gemm_weights")
     return (f"- portable int8: Resize in float and {p.get('shared_scale_groups', '?')} residual groups on one "
-            "scale each, so the int8 arithmetic is exact: onnxruntime gives the same alpha on x86 and ARM "
+            "scale each" + (f", and {seven} non-depthwise convolutions with 7-bit weights (within +-64, so x86 "
+                            "without VNNI cannot saturate its int16 pair sums; `compress/seven_bit.py`)"
+                            if seven else "")
+            + ", so the int8 arithmetic is exact: onnxruntime gives the same alpha on x86 and ARM "
             "(`make arm-check`)")
 
 

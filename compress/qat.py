@@ -4,8 +4,9 @@ The int8 model is still made by onnxruntime's static quantization (`edgecut expo
 only changes the float weights it starts from. So the fake quantization here mirrors what that
 quantizer does to the exported graph, not torch's own int8 backends:
   - the ONNX export folds each BatchNorm into its convolution, and onnxruntime then rounds the
-    folded weight per output channel, symmetric int8 (scale = max|w| / 127); here every
-    Conv+BN sees exactly that folded, rounded weight (BN statistics frozen, as QAT usually does);
+    folded weight per output channel, symmetric int8 (scale = max|w| / 127), and export halves
+    the steps of every non-depthwise conv to 7 bits (seven_bit.py); here every Conv+BN sees
+    exactly that folded, rounded weight (BN statistics frozen, as QAT usually does);
   - activations are uint8 per tensor, asymmetric, with 0 exactly representable: the network input,
     every Conv(+BN+ReLU) output, every residual sum, each decoder upsampling and concatenation,
     and the logits. Their ranges follow an
@@ -27,16 +28,26 @@ from torch import nn
 
 from ..models.decoder import Decoder, upsample_to
 from ..models.mobilenet import ConvBNReLU, InvertedResidual
+from .seven_bit import QMAX_W7, is_depthwise
 
 QMAX_W = 127     # int8 symmetric weights: [-127, 127], as onnxruntime quantizes them
 QMAX_A = 255     # uint8 activations
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 rounding of a conv weight (O,I,kh,kw)."""
+def fake_quant_weight(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Per-output-channel symmetric int8 rounding of a conv weight (O,I,kh,kw); for all but a
+    depthwise conv, those steps are then halved to the 7-bit range of the shipped file
+    (`seven_bit.seven_bit_weights`: round(q / 2), scale doubled)."""
     scale = (w.detach().abs().amax(dim=(1, 2, 3)) / QMAX_W).clamp(min=1e-12).float()
     zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -QMAX_W, QMAX_W)
+    q = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -QMAX_W, QMAX_W)
+    if is_depthwise(groups, w.shape):
+        return q
+    # Halved on the integer steps, as the export does: every odd step is a tie (round half to even),
+    # which rounding the float q / (2 scale) would break at random.
+    s = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    q7 = torch.round(torch.round(q.detach() / s) / 2).clamp(-QMAX_W7, QMAX_W7) * (2 * s)
+    return q + (q7 - q.detach())        # straight through: the gradient of the 8-bit fake quantization
 
 
 class ActivationQuant:
@@ -83,14 +94,14 @@ def _qat_conv_bn_relu(self, x):
     if self._qat_in is not None:                       # the network input: quantized by onnxruntime too
         x = self._qat_in(x, self.training)
     w, b = _folded(conv, bn)
-    y = _conv(conv, x, fake_quant_weight(w), b)
+    y = _conv(conv, x, fake_quant_weight(w, conv.groups), b)
     if len(self) > 2:
         y = F.relu(y)
     return self._qat_out(y, self.training)
 
 
 def _qat_head(self, x):
-    y = _conv(self, x, fake_quant_weight(self.weight), self.bias)
+    y = _conv(self, x, fake_quant_weight(self.weight, self.groups), self.bias)
     return self._qat_out(y, self.training)
 
 

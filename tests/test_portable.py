@@ -1,4 +1,4 @@
-"""Portable int8: residual Adds share one scale (exact integer adds), Resize stays in float."""
+"""Portable int8: residual Adds share one scale (exact integer adds), Resize stays in float, GEMM weights stay within 7 bits."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +9,7 @@ from onnx import numpy_helper  # noqa: E402
 
 from edgecut.compress.export import float_ops  # noqa: E402
 from edgecut.compress.portable import shared_scales  # noqa: E402
+from edgecut.compress.seven_bit import QMAX_W7, max_gemm_weight  # noqa: E402
 from edgecut.models import embedded_dir  # noqa: E402
 from edgecut.runtime.manifest import Manifest  # noqa: E402
 from edgecut.runtime.session import Session  # noqa: E402
@@ -87,6 +88,16 @@ def _embedded_int8() -> list:
     folders = sorted(d for d in embedded_dir().iterdir() if (d / "manifest.json").is_file())
     manifests = [Manifest.load(d / "manifest.json") for d in folders]
     return [d for d, m in zip(folders, manifests) if m.precision == "int8" and m.format == "onnx"]
+
+
+@pytest.mark.parametrize("folder", _embedded_int8(), ids=lambda d: d.name)
+def test_shipped_int8_models_cannot_saturate_on_avx2(folder):
+    """No u8s8 GEMM weight past +-64 (compress/seven_bit.py): x86 without VNNI then computes the same
+    integers as VNNI and ARM. The files before 2026-12-02 held +-127 and lost 0.45 IoU points on
+    portrait_eg on an AVX2 machine (default model)."""
+    m = Manifest.load(folder / "manifest.json")
+    assert max_gemm_weight(folder / m.file) <= QMAX_W7
+    assert m.extra["quantization"]["portable"]["seven_bit_gemm_weights"] > 0
 
 
 @pytest.mark.parametrize("folder", _embedded_int8(), ids=lambda d: d.name)

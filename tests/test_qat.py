@@ -79,7 +79,7 @@ def test_fake_quant_noise_is_the_size_of_onnxruntime_int8_noise(make_student, ph
     with torch.no_grad():
         model.decoder.head.weight.mul_(40)    # random weights give a near-constant alpha: spread it out
     fp32 = export_onnx(model, tmp_path, "fp32")
-    q = quantize_int8(fp32, tmp_path, "int8", photos, portable=False)
+    q = quantize_int8(fp32, tmp_path, "int8", photos)     # portable: exact on every CPU, AVX2 included
     x = torch.from_numpy(np.concatenate([Session(fp32).preprocess(load_rgb(p)) for p in photos]))
     int8 = Session(q)
     ort = np.concatenate([int8._backend.run(x[i:i + 1].numpy()) for i in range(len(x))]).reshape(len(x), -1)
@@ -131,3 +131,27 @@ def test_cli_qat_then_export_int8_at_the_trained_size(tmp_path, capsys):
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["compress", "qat", str(run / "best.pt"), "--data", str(data), "--exclude", str(tmp_path / "no")]) == 1
     assert "--exclude" in capsys.readouterr().err
+
+
+def test_fake_quant_weight_is_the_shipped_rounding(make_student, photos, tmp_path):
+    """What QAT trains against is the weight the int8 file holds: 8-bit steps for the depthwise convs,
+    their halves (7-bit, seven_bit.py) for the rest, exactly as the portable export writes them."""
+    model = make_student(TINY)
+    fp32 = export_onnx(model, tmp_path, "fp32")
+    q = quantize_int8(fp32, tmp_path, "int8", photos, compact=False)
+    graph = onnx.load(str(q / "model.onnx")).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    shipped = [init[n.input[0]].astype(np.float32) * init[n.input[1]].reshape(-1, 1, 1, 1) for n in graph.node
+               if n.op_type == "DequantizeLinear" and init.get(n.input[0], np.zeros(0)).dtype == np.int8]
+    convs = 0
+    for mod in model.modules():
+        if isinstance(mod, qat.ConvBNReLU):
+            conv, (w, _) = mod[0], qat._folded(mod[0], mod[1])
+        elif mod is model.decoder.head:
+            conv, w = mod, mod.weight
+        else:
+            continue
+        ours = qat.fake_quant_weight(w.detach(), conv.groups).numpy()
+        assert any(s.shape == ours.shape and np.allclose(s, ours, rtol=1e-4, atol=1e-7) for s in shipped), conv
+        convs += 1
+    assert convs == len(shipped)
