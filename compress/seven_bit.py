@@ -39,8 +39,10 @@ def gemm_convs(graph) -> list:
     onnxruntime runs as a u8s8 GEMM (all but the depthwise ones)."""
     from onnx import numpy_helper
 
+    from .export import graph_index
+
     inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    producers, _ = graph_index(graph)
     out = []
     for n in graph.node:
         if n.op_type != "Conv":
@@ -62,14 +64,13 @@ def seven_bit_weights(path) -> int:
     import onnx
     from onnx import numpy_helper
 
+    from .export import graph_index
+
     path = Path(path)
     model = onnx.load(str(path))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    uses: dict = {}
-    for node in g.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = {name: len(readers) for name, readers in graph_index(g)[1].items()}
 
     def writable(node, k: int) -> str:
         """The name of node.input[k]'s initializer, copied first if another node reads it too."""
