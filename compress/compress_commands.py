@@ -298,9 +298,11 @@ def run_rewrite(args) -> int:
 
 # --- recover -----------------------------------------------------------------------------------
 def add_recover(sub) -> None:
-    p = sub.add_parser("recover", help="a distill checkpoint from a shipped int8 student, to fine-tune it")
-    p.add_argument("model", help="embedded model name or model folder (a single student, not an ensemble)")
-    p.add_argument("--out", type=Path, required=True, help="run folder for the recovered best.pt")
+    p = sub.add_parser("recover", help="distill checkpoints from a shipped int8 student or ensemble, to fine-tune it")
+    p.add_argument("model", help="embedded model name or model folder (a single student, or an ensemble: one "
+                                 "checkpoint per member)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the recovered best.pt (an ensemble: "
+                                                           "one subfolder per member)")
     p.add_argument("--photos", type=Path, help="photos whose statistics the BatchNorms get (default: $EDGECUT_DATA/train)")
     p.add_argument("-n", type=int, default=256, help="how many of them (sampled reproducibly)")
     p.set_defaults(func=run_recover)
@@ -309,19 +311,28 @@ def add_recover(sub) -> None:
 def run_recover(args) -> int:
     from ..models import resolve
     from ..runtime.errors import EdgecutError
+    from ..runtime.manifest import Manifest
     from .distill import _save_atomic
     from .export import calibration_photos
-    from .recover import recover
+    from .recover import recover, recover_members
 
     path, _ = resolve(args.model)
     folder = path.parent if path.is_file() else path
     try:
         photos = calibration_photos(args.photos or train_root(), args.n)
-        ck = recover(folder, photos)
+        ensemble = bool((Manifest.load(folder / "manifest.json").extra or {}).get("ensemble"))
+        cks = recover_members(folder, photos) if ensemble else [recover(folder, photos)]
     except (FileNotFoundError, ValueError) as e:
         raise EdgecutError(str(e)) from None
-    args.out.mkdir(parents=True, exist_ok=True)
-    _save_atomic(ck, args.out / "best.pt")
-    print(f"{folder.name} -> {args.out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm statistics "
-          f"from {len(photos)} photos); fine-tune with: edgecut distill --init {args.out / 'best.pt'} ...")
+    outs = [args.out / f"member{k}-{ck['input_size']}" if ensemble else args.out for k, ck in enumerate(cks)]
+    for ck, out in zip(cks, outs):
+        out.mkdir(parents=True, exist_ok=True)
+        _save_atomic(ck, out / "best.pt")
+        print(f"{folder.name} -> {out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm statistics "
+              f"from {len(photos)} photos); fine-tune with: edgecut distill --init {out / 'best.pt'} "
+              f"--input-size {ck['input_size']} ...")
+    if ensemble:
+        parts = " ".join(f"{o / 'best.pt'}@{ck['input_size']}" for ck, o in zip(cks, outs))
+        print(f"after fine-tuning each member (distill runs R0, R1, ...), one graph again: edgecut compress ensemble "
+              f"{parts.replace(str(args.out), 'R')} --out RUN --name {folder.name}")
     return 0

@@ -138,45 +138,156 @@ def restore_batchnorm_stats(model: nn.Module, x: torch.Tensor, chunk: int = 16) 
         bn.bias.copy_(m + b)
 
 
-def recover(model_dir, photos: list) -> dict:
-    """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
-    single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
-    from dataclasses import replace
+def conv_members(path) -> tuple[list, list]:
+    """(for every Conv in graph order, the member it belongs to; each member's input side or None),
+    members numbered by where their first Conv (the stem) stands in the graph.
 
+    Why by ancestry and not by position: onnxruntime's optimizer interleaves the members' convolutions
+    when it sorts the graph, but within one member their order is still the student's module order.
+    A member is the set of convs downstream of one stem (the members meet only after their last conv).
+    A member that runs at a smaller size than the graph's input reads it through index gathers
+    (models/ensemble.py), whose index count is that size; None: it reads the input as it is."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .export import graph_index
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: t for t in graph.initializer}
+    producers, _ = graph_index(graph)
+    stems_of: dict = {}          # tensor -> the stems it depends on
+    members, stems = [], []
+    for node in graph.node:      # an ONNX graph is stored in topological order
+        deps = set().union(*(stems_of.get(i, set()) for i in node.input))
+        if node.op_type == "Conv":
+            if not deps:
+                stems.append(node)
+                deps = {len(stems) - 1}
+            if len(deps) != 1:
+                raise ValueError(f"{Path(path).name}: a convolution reads several members at once")
+            members.append(next(iter(deps)))
+        for o in node.output:
+            stems_of[o] = deps
+    sizes = []
+    for stem in stems:
+        node, size = stem, None
+        while node is not None and size is None:
+            if node.op_type == "Gather" and node.input[1] in init:
+                size = int(numpy_helper.to_array(init[node.input[1]]).size)
+            node = producers.get(node.input[0])
+        sizes.append(size)
+    return members, sizes
+
+
+def _heads_undone(convs: list, cals: list) -> list:
+    """The last conv with the logit calibrations folded into it divided out again, innermost last:
+    alpha = sigmoid(a2 (a1 z + c1) + c2) for a member's own (a1, c1) and the ensemble's (a2, c2)."""
+    w, b = convs[-1]
+    for cal in cals:
+        a, c = (cal.get("scale", 1.0), cal.get("shift", 0.0)) if cal.get("applied", True) else (1.0, 0.0)
+        w, b = w / a, (b - c) / a
+    return convs[:-1] + [(w, b)]
+
+
+def _student(cfg, convs: list, pruned: bool, x: torch.Tensor):
+    """The student `cfg` with the ONNX convs' weights and BatchNorms that undo their inputs'
+    statistics on the photos x (already at the student's size)."""
     from ..models.student import create_student
-    from ..models.variants import get_variant
+    from .prune import rebuild_pruned
+
+    model = create_student(cfg)
+    sd = state_dict_from_onnx(model, convs)
+    if pruned:   # the state dict's shapes carry the pruned channel counts
+        model = rebuild_pruned(cfg, sd)
+    else:
+        model.load_state_dict(sd)
+    restore_batchnorm_stats(model, x)
+    return model
+
+
+def _pruning_record(model, cfg, source: str) -> dict:
+    """What `edgecut compress prune` records, for a pruned member shipped only inside an ensemble."""
+    from ..models.student import count_macs, count_params, create_student
+
+    base = create_student(cfg)
+    return {"source": source, "macs": count_macs(model, cfg.input_size), "params": count_params(model),
+            "base_macs": count_macs(base, cfg.input_size), "base_params": count_params(base)}
+
+
+def _loaded(model_dir, photos: list):
     from ..runtime.imageio import load_rgb
     from ..runtime.session import Session
-    from .prune import rebuild_pruned
 
     model_dir = Path(model_dir)
     man = Manifest.load(model_dir / "manifest.json")
     extra = man.extra or {}
-    if extra.get("ensemble"):
-        raise ValueError(f"{model_dir.name} is an ensemble: recover its members' own models instead")
     if "variant" not in extra:
         raise ValueError(f"{model_dir.name}: its manifest names no student variant (not an edgecut student?)")
-    # By registry name, as every checkpoint is loaded (`student_from_checkpoint`), at the file's size.
-    cfg = replace(get_variant(extra["variant"]["name"]), input_size=extra["variant"]["input_size"])
     convs = onnx_convs(model_dir / man.file)
     padding = extra.get("padding")
     if padding:   # zero channels the export added for onnxruntime's kernels (pad_channels.py)
         convs = unpad(convs, padding["convs"])
-    cal = extra.get("calibration") or {}
-    a, c = (cal.get("scale", 1.0), cal.get("shift", 0.0)) if cal.get("applied", True) else (1.0, 0.0)
-    w, b = convs[-1]
-    convs[-1] = (w / a, (b - c) / a)   # the head: alpha = sigmoid(a z + c) was folded into it
-    model = create_student(cfg)
-    sd = state_dict_from_onnx(model, convs)
-    if extra.get("pruned"):   # the state dict's shapes carry the pruned channel counts
-        model = rebuild_pruned(cfg, sd)
-    else:
-        model.load_state_dict(sd)
     pre = Session(model_dir, threads=1).preprocess   # photos seen as the runtime sees them
     x = torch.from_numpy(np.concatenate([pre(load_rgb(p)) for p in photos]))
-    restore_batchnorm_stats(model, x)
+    return man, extra, convs, x
+
+
+def _config(variant: dict):
+    """By registry name, as every checkpoint is loaded (`student_from_checkpoint`), at the file's size."""
+    from dataclasses import replace
+
+    from ..models.variants import get_variant
+
+    return replace(get_variant(variant["name"]), input_size=variant["input_size"])
+
+
+def recover(model_dir, photos: list) -> dict:
+    """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
+    single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
+    man, extra, convs, x = _loaded(model_dir, photos)
+    if extra.get("ensemble"):
+        raise ValueError(f"{Path(model_dir).name} is an ensemble: recover_members gives its members")
+    cfg = _config(extra["variant"])
+    convs = _heads_undone(convs, [extra.get("calibration") or {}])
+    model = _student(cfg, convs, bool(extra.get("pruned")), x)
     ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
           "recovered_from": {"model": man.name, "sha256": man.sha256, "photos": len(photos)}}
     if extra.get("pruned"):
         ck["pruned"] = extra["pruned"]
     return ck
+
+
+def recover_members(model_dir, photos: list) -> list[dict]:
+    """One distill checkpoint per member of a shipped ensemble (`edgecut compress ensemble`), in the
+    manifest's order, each with the raw logits it trained with: the ensemble's calibration and the
+    member's own are divided out of its head, as `compress ensemble` fits the member's again.
+    BatchNorm statistics come from `photos` brought to each member's size as the graph brings them."""
+    from ..models.ensemble import _nearest_rows, _resized
+
+    man, extra, convs, x = _loaded(model_dir, photos)
+    entries = extra.get("ensemble")
+    if not entries:
+        raise ValueError(f"{Path(model_dir).name} is a single student: recover gives it")
+    owner, sizes = conv_members(Path(model_dir) / man.file)
+    variants = extra["variant"]["members"]
+    size = extra["variant"]["input_size"]
+    stems = [size if s is None else s for s in sizes]
+    if sorted(stems) != sorted(v["input_size"] for v in variants):
+        raise ValueError(f"{Path(model_dir).name}: members at {stems} px in the graph, {[v['input_size'] for v in variants]} "
+                         "in the manifest")
+    free = list(range(len(stems)))
+    out = []
+    for k, (variant, entry) in enumerate(zip(variants, entries)):
+        cfg = _config(variant)
+        stem = next(i for i in free if stems[i] == cfg.input_size)   # members of one size: graph order
+        free.remove(stem)
+        mine = _heads_undone([c for c, o in zip(convs, owner) if o == stem],
+                             [extra.get("calibration") or {}, entry.get("calibration") or {}])
+        xm = x if cfg.input_size == size else _resized(x, _nearest_rows(size, cfg.input_size))
+        model = _student(cfg, mine, bool(entry.get("pruned")), xm)
+        ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
+              "recovered_from": {"model": man.name, "sha256": man.sha256, "member": k, "photos": len(photos)}}
+        if entry.get("pruned"):
+            ck["pruned"] = _pruning_record(model, cfg, f"{man.name} member {k} ({entry.get('source')})")
+        out.append(ck)
+    return out

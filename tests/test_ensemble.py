@@ -157,3 +157,80 @@ def test_the_gathered_logits_join_the_mean_s_scale_group(tmp_path):
     onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
     assert residual_groups(tmp_path / "m.onnx") == [sorted(["big", "small", "rows", "t", "cols", "gathered", "mean"])]
 
+
+
+@pytest.mark.parametrize("small_first", [False, True])
+def test_recover_members_gives_back_each_member_uncalibrated(members, tmp_path, small_first):
+    """A shipped int8 ensemble -> one checkpoint per member, in the manifest's order, each with the
+    raw logits it had before its own calibration and the ensemble's were folded into its head."""
+    from edgecut.compress.recover import conv_members, recover_members
+
+    big, small = members
+    raw = [small, big] if small_first else [big, small]
+    cals = [{"scale": 2.0, "shift": -0.5}, {"scale": 0.5, "shift": 1.0}]
+    calibrated = []
+    for m, cal in zip(raw, cals):
+        c = student_from_checkpoint({"model": m.state_dict(), "variant": m.cfg.name}).eval()
+        fold_into_head(c, cal["scale"], cal["shift"])
+        calibrated.append(c)
+    ens = Ensemble(calibrated, name="duo").eval()
+    fold_into_head(ens, 1.25, 0.75)
+    extra = {"ensemble": [{"input_size": m.cfg.input_size, "pruned": False, "calibration": cal}
+                          for m, cal in zip(raw, cals)],
+             "calibration": {"scale": 1.25, "shift": 0.75}}
+    photos = block_photos(tmp_path / "photos", 6)
+    q = quantize_int8(export_onnx(ens, tmp_path / "x", "duo", extra=extra), tmp_path / "x", "duo-int8", photos)
+
+    owner, sizes = conv_members(q / "model.onnx")
+    assert sorted(sizes, key=str) == [32, None] and sorted(set(owner)) == [0, 1]
+    cks = recover_members(q, photos)
+    assert [ck["variant"] for ck in cks] == [m.cfg.name for m in raw]
+    for ck, m in zip(cks, raw):
+        got = student_from_checkpoint(ck).eval()
+        x = torch.from_numpy(np.concatenate([Session(q, threads=1).preprocess(np.asarray(Image.open(p).convert("RGB")))
+                                             for p in photos]))
+        x = F.interpolate(x, size=(m.cfg.input_size,) * 2, mode="nearest-exact")
+        with torch.no_grad():
+            assert (got(x) - m(x)).abs().mean() < 0.03   # int8 rounding of weights only
+
+
+def test_recover_cli_writes_one_run_per_member(members, tmp_path, capsys):
+    big, small = members
+    a, b = _save(tmp_path / "a", big, BIG), _save(tmp_path / "b", small, SMALL)
+    assert main(["compress", "ensemble", str(a), f"{b}@32", "--out", str(tmp_path / "ens"), "--name", "duo",
+                 "--no-calibrate-members"]) == 0
+    photos = block_photos(tmp_path / "photos", 4)
+    assert main(["export", str(tmp_path / "ens" / "best.pt"), "--name", "duo", "--out", str(tmp_path / "x"),
+                 "--int8", "--calib", str(tmp_path / "photos"), "--calib-n", "4"]) == 0
+    capsys.readouterr()
+    assert main(["compress", "recover", str(tmp_path / "x" / "duo-int8"), "--out", str(tmp_path / "r"),
+                 "--photos", str(tmp_path / "photos"), "-n", "4"]) == 0
+    assert "compress ensemble R/member0-64/best.pt@64 R/member1-32/best.pt@32" in capsys.readouterr().out
+    for name, cfg in (("member0-64", BIG), ("member1-32", SMALL)):
+        ck = torch.load(tmp_path / "r" / name / "best.pt", weights_only=False)
+        assert ck["variant"] == cfg.name and ck["recovered_from"]["model"] == "duo-int8"
+
+
+def test_the_shipped_default_recovers_into_its_members(sample_photos):
+    """edgecut-duo's own graph (members interleaved by onnxruntime's sort, pruned, channel-padded,
+    7-bit): its members, re-calibrated and joined again in torch, give the int8 file's alpha."""
+    from edgecut.compress.recover import recover_members
+    from edgecut.models import resolve
+
+    path, _ = resolve("edgecut-duo")
+    man = Manifest.load(path.parent / "manifest.json")
+    cks = recover_members(path.parent, sample_photos[:4])
+    assert [ck["input_size"] for ck in cks] == [m["input_size"] for m in man.extra["ensemble"]]
+    joined = []
+    for ck, entry in zip(cks, man.extra["ensemble"]):
+        m = student_from_checkpoint(ck).eval()
+        fold_into_head(m, entry["calibration"]["scale"], entry["calibration"]["shift"])
+        joined.append(m)
+    ens = Ensemble(joined).eval()
+    fold_into_head(ens, man.extra["calibration"]["scale"], man.extra["calibration"]["shift"])
+    session = Session(path.parent, threads=1)
+    for p in sample_photos[4:7]:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        with torch.no_grad():
+            got = ens(torch.from_numpy(session.preprocess(rgb)))[0, 0].numpy()
+        assert np.abs(got - session.infer(rgb)).mean() < 6 / 255   # int8 activations only (1-5/255 from fp32 on the bench)
