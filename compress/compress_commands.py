@@ -332,7 +332,7 @@ def run_recover(args) -> int:
               f"from {len(photos)} photos); fine-tune with: edgecut distill --init {out / 'best.pt'} "
               f"--input-size {ck['input_size']} ...")
     if ensemble:
-        parts = " ".join(f"{o / 'best.pt'}@{ck['input_size']}" for ck, o in zip(cks, outs))
+        parts = " ".join(f"R{k}/best.pt@{ck['input_size']}" for k, ck in enumerate(cks))
         print(f"after fine-tuning each member (distill runs R0, R1, ...), one graph again: edgecut compress ensemble "
-              f"{parts.replace(str(args.out), 'R')} --out RUN --name {folder.name}")
+              f"{parts} --out RUN --name {folder.name}")
     return 0

@@ -16,7 +16,7 @@ from .commands import check_input_size
 from .model_card import calibration_formula
 from .soup import save_run
 
-DROP = ("opt", "holdout", "best", "steps", "model")
+DROP = ("opt", "holdout", "best", "steps", "model", "calibration")
 
 
 def parse_member(text: str) -> tuple[Path, int | None]:
@@ -29,7 +29,7 @@ def parse_member(text: str) -> tuple[Path, int | None]:
 
 def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrate_members: bool = True,
           heldout_data=None) -> Path:
-    from .calibrate import calibrate
+    from .calibrate import calibrate, fold_into_head
     from .export import load_student
 
     if len(members) < 2:
@@ -50,7 +50,14 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
         elif norm != first_norm:
             raise EdgecutError(f"{path}: normalises its input unlike {members[0][0]} (mean/std differ)")
         entry = {k: v for k, v in ck.items() if k not in DROP}
-        if calibrate_members:
+        shipped = ck.get("calibration") if ck.get("recovered_from") else None
+        if calibrate_members and shipped and not (path.parent / "config.json").is_file():
+            # A member recovered from a shipped ensemble (`compress recover`) and not trained since has
+            # no run, so no held-out photos: it keeps the calibration it shipped with.
+            fold_into_head(model, shipped["scale"], shipped["shift"])
+            entry["calibration"] = shipped
+            print(f"{path} at {size} px: recovered, keeps its shipped calibration {calibration_formula(shipped)}")
+        elif calibrate_members:
             try:
                 entry["calibration"] = cal = calibrate(model, path.parent, heldout_data)
             except FileNotFoundError as e:
@@ -58,4 +65,6 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
             print(f"{path} at {size} px: {calibration_formula(cal)}, "
                   f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
         entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
-    return save_run({"variant": name, "ensemble": entries, "step": 0}, out, like=members[0][0].parent)
+    # the held-out split that `export --calibrate` uses: the first member that has a run (a recovered one has none)
+    runs = [p.parent for p, _ in members if (p.parent / "config.json").is_file()]
+    return save_run({"variant": name, "ensemble": entries, "step": 0}, out, like=(runs or [members[0][0].parent])[0])

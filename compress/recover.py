@@ -286,7 +286,8 @@ def recover_members(model_dir, photos: list) -> list[dict]:
         xm = x if cfg.input_size == size else _resized(x, _nearest_rows(size, cfg.input_size))
         model = _student(cfg, mine, bool(entry.get("pruned")), xm)
         ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
-              "recovered_from": {"model": man.name, "sha256": man.sha256, "member": k, "photos": len(photos)}}
+              "recovered_from": {"model": man.name, "sha256": man.sha256, "member": k, "photos": len(photos)},
+              "calibration": entry.get("calibration")}   # what `compress ensemble` folds in again if unchanged
         if entry.get("pruned"):
             ck["pruned"] = _pruning_record(model, cfg, f"{man.name} member {k} ({entry.get('source')})")
         out.append(ck)

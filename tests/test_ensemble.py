@@ -193,6 +193,23 @@ def test_recover_members_gives_back_each_member_uncalibrated(members, tmp_path, 
         with torch.no_grad():
             assert (got(x) - m(x)).abs().mean() < 0.03   # int8 rounding of weights only
 
+    # joined again as they are (no runs, so no held-out photos): each keeps the calibration it shipped with
+    from edgecut.compress.ensemble import build
+
+    paths = []
+    for k, ck in enumerate(cks):
+        (tmp_path / f"m{k}").mkdir()
+        torch.save(ck, tmp_path / f"m{k}" / "best.pt")
+        paths.append((tmp_path / f"m{k}" / "best.pt", ck["input_size"]))
+    again = torch.load(build(paths, tmp_path / "again", "duo"), weights_only=False)
+    assert [e["calibration"] for e in again["ensemble"]] == cals
+    rebuilt = student_from_checkpoint(again).eval()
+    fold_into_head(rebuilt, 1.25, 0.75)
+    x = torch.from_numpy(np.concatenate([Session(q, threads=1).preprocess(np.asarray(Image.open(p).convert("RGB")))
+                                         for p in photos]))
+    with torch.no_grad():
+        assert (rebuilt(x) - ens(x)).abs().mean() < 0.03
+
 
 def test_recover_cli_writes_one_run_per_member(members, tmp_path, capsys):
     big, small = members
@@ -205,7 +222,7 @@ def test_recover_cli_writes_one_run_per_member(members, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compress", "recover", str(tmp_path / "x" / "duo-int8"), "--out", str(tmp_path / "r"),
                  "--photos", str(tmp_path / "photos"), "-n", "4"]) == 0
-    assert "compress ensemble R/member0-64/best.pt@64 R/member1-32/best.pt@32" in capsys.readouterr().out
+    assert "compress ensemble R0/best.pt@64 R1/best.pt@32" in capsys.readouterr().out
     for name, cfg in (("member0-64", BIG), ("member1-32", SMALL)):
         ck = torch.load(tmp_path / "r" / name / "best.pt", weights_only=False)
         assert ck["variant"] == cfg.name and ck["recovered_from"]["model"] == "duo-int8"
