@@ -27,6 +27,12 @@ def parse_member(text: str) -> tuple[Path, int | None]:
     return Path(path), check_input_size(int(size), text) if size else None
 
 
+def _has_run(checkpoint: Path) -> bool:
+    """Whether a checkpoint lies in a distill run folder (its config.json names the held-out split);
+    one recovered from a shipped file (`compress recover`) and not trained since does not."""
+    return (checkpoint.parent / "config.json").is_file()
+
+
 def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrate_members: bool = True,
           heldout_data=None) -> Path:
     from .calibrate import calibrate, fold_into_head
@@ -51,9 +57,8 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
             raise EdgecutError(f"{path}: normalises its input unlike {members[0][0]} (mean/std differ)")
         entry = {k: v for k, v in ck.items() if k not in DROP}
         shipped = ck.get("calibration") if ck.get("recovered_from") else None
-        if calibrate_members and shipped and not (path.parent / "config.json").is_file():
-            # A member recovered from a shipped ensemble (`compress recover`) and not trained since has
-            # no run, so no held-out photos: it keeps the calibration it shipped with.
+        if calibrate_members and shipped and not _has_run(path):
+            # no run, so no held-out photos: the member keeps the calibration it shipped with
             fold_into_head(model, shipped["scale"], shipped["shift"])
             entry["calibration"] = shipped
             print(f"{path} at {size} px: recovered, keeps its shipped calibration {calibration_formula(shipped)}")
@@ -66,5 +71,5 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
                   f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
         entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
     # the held-out split that `export --calibrate` uses: the first member that has a run (a recovered one has none)
-    runs = [p.parent for p, _ in members if (p.parent / "config.json").is_file()]
+    runs = [p.parent for p, _ in members if _has_run(p)]
     return save_run({"variant": name, "ensemble": entries, "step": 0}, out, like=(runs or [members[0][0].parent])[0])

@@ -207,11 +207,11 @@ def _student(cfg, convs: list, pruned: bool, x: torch.Tensor):
 
 def _pruning_record(model, cfg, source: str) -> dict:
     """What `edgecut compress prune` records, for a pruned member shipped only inside an ensemble."""
-    from ..models.student import count_macs, count_params, create_student
+    from ..models.student import create_student
+    from .prune import Counts
 
-    base = create_student(cfg)
-    return {"source": source, "macs": count_macs(model, cfg.input_size), "params": count_params(model),
-            "base_macs": count_macs(base, cfg.input_size), "base_params": count_params(base)}
+    now, base = Counts.of(model), Counts.of(create_student(cfg))
+    return {"source": source, "macs": now.macs, "params": now.params, "base_macs": base.macs, "base_params": base.params}
 
 
 def _loaded(model_dir, photos: list):

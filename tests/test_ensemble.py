@@ -185,11 +185,11 @@ def test_recover_members_gives_back_each_member_uncalibrated(members, tmp_path, 
     assert sorted(sizes, key=str) == [32, None] and sorted(set(owner)) == [0, 1]
     cks = recover_members(q, photos)
     assert [ck["variant"] for ck in cks] == [m.cfg.name for m in raw]
+    session = Session(q, threads=1)
+    x_in = torch.from_numpy(np.concatenate([session.preprocess(np.asarray(Image.open(p).convert("RGB"))) for p in photos]))
     for ck, m in zip(cks, raw):
         got = student_from_checkpoint(ck).eval()
-        x = torch.from_numpy(np.concatenate([Session(q, threads=1).preprocess(np.asarray(Image.open(p).convert("RGB")))
-                                             for p in photos]))
-        x = F.interpolate(x, size=(m.cfg.input_size,) * 2, mode="nearest-exact")
+        x = F.interpolate(x_in, size=(m.cfg.input_size,) * 2, mode="nearest-exact")
         with torch.no_grad():
             assert (got(x) - m(x)).abs().mean() < 0.03   # int8 rounding of weights only
 
@@ -205,10 +205,8 @@ def test_recover_members_gives_back_each_member_uncalibrated(members, tmp_path, 
     assert [e["calibration"] for e in again["ensemble"]] == cals
     rebuilt = student_from_checkpoint(again).eval()
     fold_into_head(rebuilt, 1.25, 0.75)
-    x = torch.from_numpy(np.concatenate([Session(q, threads=1).preprocess(np.asarray(Image.open(p).convert("RGB")))
-                                         for p in photos]))
     with torch.no_grad():
-        assert (rebuilt(x) - ens(x)).abs().mean() < 0.03
+        assert (rebuilt(x_in) - ens(x_in)).abs().mean() < 0.03
 
 
 def test_recover_cli_writes_one_run_per_member(members, tmp_path, capsys):
