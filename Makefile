@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 export EDGECUT_DATA := $(DATA)
 
-.PHONY: demo test install install-dev bench-accuracy bench-latency bench-agree bench-report label-clothing clean
+.PHONY: demo test install install-dev bench-accuracy bench-latency bench-tta bench-agree bench-report label-clothing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ bench-accuracy: $(VENV)/.dev
 bench-latency: $(VENV)/.dev
 	$(BIN)/edgecut bench latency --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
 	    --model teacher:isnet-imgly --profile --json bench/results/latency-default.json
+
+# Mirror test-time augmentation (`edgecut remove --tta`) against the plain pass, accuracy then speed.
+TTA_MODELS := edgecut-duo edgecut-duo+tta edgecut-fast edgecut-fast+tta
+bench-tta: $(VENV)/.dev
+	$(BIN)/edgecut bench accuracy --data $(DATA)/bench $(foreach m,$(TTA_MODELS),--model $(m)) --threads 2 \
+	    --json bench/results/accuracy-tta.json
+	$(BIN)/edgecut bench latency $(foreach m,$(TTA_MODELS),--model $(m)) --json bench/results/latency-tta.json
 
 # Do the TFLite exports give the ONNX files' alpha? Needs `edgecut export ... [--format tflite] --int8 --calibrate` of each into runs/export.
 bench-agree: $(VENV)/.dev

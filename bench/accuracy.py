@@ -119,7 +119,7 @@ def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[in
         for spec in models:
             session = open_model(spec, teacher_path, threads)
             info = model_info(spec, session)
-            cache = PredictionCache(cache_dir, session.model_path, refine) if cache_dir else None
+            cache = PredictionCache(cache_dir, session.model_path, refine, session.tta) if cache_dir else None
             per_set = {}
             for bench in sets:
                 if bar is not None:

@@ -19,9 +19,9 @@ from ..runtime.manifest import sha256_of
 
 
 class PredictionCache:
-    def __init__(self, root, model_path, refine: bool = True):
+    def __init__(self, root, model_path, refine: bool = True, tta: bool = False):
         digest = sha256_of(model_path)[:16]
-        self.dir = Path(root) / f"{digest}-{'refine' if refine else 'bilinear'}"
+        self.dir = Path(root) / f"{digest}-{'refine' if refine else 'bilinear'}{'-tta' if tta else ''}"
 
     def _path(self, set_name: str, image: Path) -> Path:
         return self.dir / set_name / (Path(image).stem + ".png")

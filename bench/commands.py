@@ -38,8 +38,9 @@ def run_fetch_peer(args) -> int:
 
 def _common(p) -> None:
     p.add_argument("--model", action="append", metavar="M",
-                   help="embedded name, model file/folder, teacher:SPEC or peer:NAME; repeat for several "
-                        "(default: the default embedded model)")
+                   help="embedded name, model file/folder, teacher:SPEC or peer:NAME, any of them "
+                        "ending in +tta for mirror test-time augmentation (edgecut-duo+tta); repeat for "
+                        "several (default: the default embedded model)")
     p.add_argument("--teacher-path", help="model file for teacher:SPEC models (e.g. ~/.u2net/u2net.onnx)")
     p.add_argument("--json", type=Path, metavar="OUT", help="results file (default runs/bench/<kind>-<time>.json)")
     p.add_argument("--no-progress", action="store_true")

@@ -145,11 +145,11 @@ _RSS_LAUNCHER = ("import resource, subprocess, sys\n"
                  "sys.exit(r.returncode)\n")
 
 
-def peak_rss_mb(model_arg: str, photo: Path) -> Optional[float]:
+def peak_rss_mb(model_arg: str, photo: Path, tta: bool = False) -> Optional[float]:
     """Peak RSS of one `edgecut remove` run on `photo`, in MB."""
     with tempfile.TemporaryDirectory(prefix="edgecut-rss-") as tmp:
         cmd = [sys.executable, "-m", "edgecut.cli", "remove", str(photo),
-               "-o", str(Path(tmp) / "out.png"), "--model", model_arg]
+               "-o", str(Path(tmp) / "out.png"), "--model", model_arg] + (["--tta"] if tta else [])
         r = subprocess.run([sys.executable, "-S", "-c", _RSS_LAUNCHER, *cmd], capture_output=True, text=True)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["?"])[-1]
@@ -161,9 +161,10 @@ def peak_rss_mb(model_arg: str, photo: Path) -> Optional[float]:
 def cli_model_arg(spec: str, session) -> Optional[str]:
     """What `edgecut remove --model` accepts for this model: anything but a teacher or peer spec,
     or the folder of one that carries its own manifest (a fetched peer always does)."""
-    from ..compress.teachers import TEACHER_PREFIX
+    from ..compress.teachers import TEACHER_PREFIX, split_tta
     from .peers import PEER_PREFIX
 
+    spec, _ = split_tta(spec)
     if not spec.startswith((TEACHER_PREFIX, PEER_PREFIX)):
         return spec
     folder = Path(session.model_path).parent
@@ -195,7 +196,7 @@ def bench_model(spec: str, cfg: LatencyConfig, photo: Path) -> dict:
         from .profile import profile_stages
         out["profile"] = profile_stages(session, photo, 1 if slow else min(3, cfg.runs))
     arg = cli_model_arg(spec, session)
-    out["peak_rss_mb"] = peak_rss_mb(arg, photo) if cfg.measure_rss and arg else None
+    out["peak_rss_mb"] = peak_rss_mb(arg, photo, session.tta) if cfg.measure_rss and arg else None
     return out
 
 

@@ -68,10 +68,13 @@ def header(kind: str, args=None) -> dict:
 
 
 def model_info(spec: str, session) -> dict:
+    from ..runtime.session import TTA_SUFFIX
+
     m, path = session.manifest, Path(session.model_path)
     return {
         "spec": spec,
-        "name": m.name,
+        "name": m.name + (TTA_SUFFIX if session.tta else ""),
+        "tta": session.tta,
         "path": str(path),
         "sha256": m.sha256 or sha256_of(path),
         "precision": m.precision,

@@ -109,10 +109,10 @@ class Teacher:
     model_path: Path
     manifest: Manifest
 
-    def session(self, threads: Optional[int] = None):
+    def session(self, threads: Optional[int] = None, tta: bool = False):
         from ..runtime.session import Session
 
-        return Session(str(self.model_path), threads=threads, manifest=self.manifest)
+        return Session(str(self.model_path), threads=threads, manifest=self.manifest, tta=tta)
 
 
 def _model_in_dir(d: Path, manifest: Optional[Manifest]) -> Path:
@@ -167,15 +167,26 @@ def resolve_teacher(teacher: str, path: Optional[str] = None) -> Teacher:
     return _from_path(default, teacher)
 
 
+def split_tta(spec: str) -> tuple:
+    """`edgecut-duo+tta` -> ('edgecut-duo', True): a benchmark names a model with mirror test-time
+    augmentation (Session(tta=True)) by this suffix, so one run can time and score a model with and
+    without it side by side."""
+    from ..runtime.session import TTA_SUFFIX
+
+    return (spec[:-len(TTA_SUFFIX)], True) if spec.endswith(TTA_SUFFIX) else (spec, False)
+
+
 def open_model(spec: str, teacher_path: Optional[str] = None, threads: Optional[int] = None):
     """A `--model` value as the benchmarks take it: `teacher:SPEC` (with --teacher-path) is a
     teacher, `peer:NAME` a fetched peer (bench/peers.py), anything else (embedded name, model file
-    or folder) goes to the runtime as is."""
+    or folder) goes to the runtime as is; any of them ending in `+tta` runs with mirror test-time
+    augmentation."""
     from ..bench.peers import PEER_PREFIX, resolve_peer
     from ..runtime.session import Session
 
+    spec, tta = split_tta(spec)
     if spec.startswith(TEACHER_PREFIX):
-        return resolve_teacher(spec, teacher_path).session(threads)
+        return resolve_teacher(spec, teacher_path).session(threads, tta)
     if spec.startswith(PEER_PREFIX):
-        return Session(str(resolve_peer(spec)), threads=threads)
-    return Session(spec, threads=threads)
+        return Session(str(resolve_peer(spec)), threads=threads, tta=tta)
+    return Session(spec, threads=threads, tta=tta)

@@ -76,13 +76,15 @@ def compositor(mask: bool = False, bg=None) -> Render:
 
 
 def remove(image, session: Optional[Session] = None, *, mask: bool = False, bg=None,
-           refine: bool = True, model="default") -> Image.Image:
+           refine: bool = True, model="default", tta: bool = False) -> Image.Image:
     """Cut the subject out of a photo.
 
     image: a path, bytes, file object, PIL image or numpy array.
     Returns an RGBA cutout (soft alpha); with mask=True the L alpha; with bg an RGB composite.
+    tta=True (without a session) averages the photo's pass with its mirror image's: twice the
+    inference time, a cleaner matte (see Session).
     """
     render = compositor(mask, bg)
-    session = session or get_session(model)
+    session = session or (get_session(model, tta=True) if tta else get_session(model))
     photo = load_image(image)
     return render(photo, session.alpha(photo, refine=refine))

@@ -71,8 +71,11 @@ def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys)
 def test_bench_accuracy_limit(tiny_model_dir, fake_bench, tmp_path):
     out = tmp_path / "acc.json"
     assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
-                 "--sets", "grabcut", "--limit", "1", "--json", str(out), "--no-progress"]) == 0
-    assert json.loads(out.read_text())["models"][0]["sets"]["grabcut"]["images"] == 1
+                 "--model", f"{tiny_model_dir}+tta", "--sets", "grabcut", "--limit", "1",
+                 "--json", str(out), "--no-progress"]) == 0
+    plain, tta = json.loads(out.read_text())["models"]
+    assert plain["sets"]["grabcut"]["images"] == tta["sets"]["grabcut"]["images"] == 1
+    assert (plain["name"], plain["tta"], tta["name"], tta["tta"]) == ("tiny", False, "tiny+tta", True)
 
 
 def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
@@ -112,6 +115,7 @@ def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir)
     cache.put("s", Path("a b.jpg"), alpha)
     np.testing.assert_array_equal(cache.get("s", Path("a b.jpg")), alpha)
     assert PredictionCache(tmp_path, model_file, refine=False).get("s", Path("a b.jpg")) is None
+    assert PredictionCache(tmp_path, model_file, tta=True).get("s", Path("a b.jpg")) is None
     other = tmp_path / "other.onnx"
     other.write_bytes(model_file.read_bytes() + b"x")
     assert PredictionCache(tmp_path, other).get("s", Path("a b.jpg")) is None

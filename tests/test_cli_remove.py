@@ -6,10 +6,11 @@ import io
 import shutil
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import jpeg_bytes, synthetic_photo
+from conftest import REPO, jpeg_bytes, synthetic_photo
 from edgecut.cli import main
 from test_runtime import write_bomb_png
 
@@ -57,6 +58,20 @@ def test_output_file_mask_and_background(model_zoo, photo_path, tmp_path, capsys
     assert main(["remove", str(photo_path), "--model", str(model_zoo / "tiny"), "--no-refine",
                  "--threads", "1", "-q", "-o", str(tmp_path / "q.png")]) == 0
     assert capsys.readouterr().err.count("processed") == 4      # -q: no summary
+
+
+def test_tta_flag(sample_photos, tmp_path, capsys):
+    """--tta reaches the session: the CLI's mask is the API's with tta, not the plain one."""
+    from edgecut.runtime import Session, load_image, remove
+
+    fast = REPO / "models" / "embedded" / "edgecut-fast"
+    photo = sample_photos[0]
+    out = tmp_path / "tta.png"
+    assert main(["remove", str(photo), "--model", str(fast), "--mask", "--tta", "-o", str(out)]) == 0
+    got = np.asarray(Image.open(out))
+    want = np.asarray(remove(load_image(photo), Session(fast, tta=True), mask=True))
+    plain = np.asarray(remove(load_image(photo), Session(fast), mask=True))
+    assert np.array_equal(got, want) and not np.array_equal(got, plain)
 
 
 def test_usage_errors_exit_2(model_zoo, photos, photo_path, tmp_path, capsys):

@@ -111,6 +111,45 @@ def test_alpha_is_full_resolution_and_refine_helps(tiny_session, photo_array):
     assert np.array_equal(tiny_session.alpha(Image.fromarray(rgb)), refined)   # PIL == array
 
 
+def test_tta_averages_the_mirror_pass_and_is_mirror_equivariant(sample_photos):
+    """A trained student (not mirror-symmetric, unlike the tiny model) with tta: its alpha is the
+    logit mean of the photo's pass and its mirror image's pass flipped back, so mirroring the photo
+    mirrors the alpha exactly."""
+    from edgecut.runtime.session import _logit_mean
+
+    photo = load_image(sample_photos[0])
+    mirror = photo.transpose(Image.FLIP_LEFT_RIGHT)
+    plain, tta = Session("edgecut-fast", threads=1), Session("edgecut-fast", threads=1, tta=True)
+    a = tta.infer(photo)
+    assert a.shape == (192, 192) and a.dtype == np.float32 and 0.0 <= a.min() and a.max() <= 1.0
+    np.testing.assert_allclose(a, _logit_mean(plain.infer(photo), plain.infer(mirror)[:, ::-1]), atol=1e-6)
+    np.testing.assert_allclose(tta.infer(mirror)[:, ::-1], a, atol=1e-6)
+    assert np.abs(a - plain.infer(photo)).max() > 0.05       # the second pass changed something
+    assert tta.alpha(photo).shape == (photo.height, photo.width)
+    assert "tta=True" in repr(tta)
+
+
+def test_tta_of_a_mirror_symmetric_model_changes_nothing(tiny_model_dir, photo_array):
+    """The tiny model looks at one pixel at a time, so both passes agree once flipped back: a pass
+    left unflipped would move the disk, here cropped off-centre."""
+    rgb = np.ascontiguousarray(photo_array[0][:, :200])       # the disk's centre at x = 160 of 200
+    plain, tta = Session(tiny_model_dir, threads=1), Session(tiny_model_dir, threads=1, tta=True)
+    np.testing.assert_allclose(tta.infer(rgb), plain.infer(rgb), atol=1e-5)
+    assert np.abs(plain.infer(rgb) - plain.infer(rgb)[:, ::-1]).max() > 0.9   # not symmetric itself
+
+
+def test_logit_mean_is_sure_where_one_pass_is():
+    from edgecut.runtime.session import _logit_mean
+
+    a = np.array([0.0, 0.5, 0.9, 1.0], np.float32)
+    b = np.array([0.0, 0.5, 0.1, 0.5], np.float32)
+    m = _logit_mean(a, b)
+    assert m.dtype == np.float32
+    np.testing.assert_allclose(m[:3], [0.0, 0.5, 0.5], atol=1e-5)
+    assert m[3] > 0.99                  # a sure pass outweighs an unsure one (the alphas' mean: 0.75)
+    np.testing.assert_allclose(_logit_mean(b, a), m)
+
+
 def test_manifest_override_runs_a_bare_model(tiny_model_dir, tmp_path, photo_array):
     bare = tmp_path / "teacher.onnx"
     shutil.copy(tiny_model_dir / "model.onnx", bare)
