@@ -137,12 +137,13 @@ def run_latency(args) -> int:
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
     results, photo = latency.run_latency(args.model or ["default"], cfg)
-    printed = latency.results_tables(results)
+    head = report.header("latency", args)
+    printed = report.machine_line(head["machine"]) + "\n\n" + latency.results_tables(results)
     if args.profile:
         from .profile import profile_table
         printed += "\n\n" + profile_table(results)
     print(printed)
-    payload = {**report.header("latency", args), "photo": photo, "runs": args.runs, "min_time_s": args.min_time,
+    payload = {**head, "photo": photo, "runs": args.runs, "min_time_s": args.min_time,
                "timing": "Session.infer on an RGB array already at the model's input size "
                          "(network + normalisation); end-to-end stages are medians",
                "models": results}

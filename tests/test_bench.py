@@ -86,7 +86,9 @@ def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "p50(ms)" in text and "Decode(ms)" in text
     assert "p50(ms)" in out.with_suffix(".txt").read_text()
-    [m] = json.loads(out.read_text())["models"]
+    res = json.loads(out.read_text())
+    assert text.startswith(f"Machine: {res['machine']['cpu']}, ") and "int8 dot product:" in text
+    [m] = res["models"]
     assert m["params"] == 21 and m["macs"] is None and m["file_bytes"] > 0 and m["load_ms"] > 0
     assert set(m["latency"]) == {"1", "2"}
     assert all(v["runs"] == 3 and 0 < v["p50_ms"] <= v["p90_ms"] for v in m["latency"].values())
@@ -94,6 +96,17 @@ def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
     assert e["megapixels"] == pytest.approx(0.08, abs=0.01)
     assert all(e[k] > 0 for k in ("decode_ms", "rgba_ms", "encode_ms"))
     assert m["peak_rss_mb"] > 10                          # a real process: python + onnxruntime
+
+
+def test_int8_dot_names_the_instructions_that_set_int8_speed():
+    from edgecut.bench.report import int8_dot
+
+    assert int8_dot({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI"
+    assert int8_dot({"avx2", "avx_vnni"}) == "AVX-VNNI"
+    assert int8_dot({"fma", "avx2"}) == "none (AVX2 only)"
+    assert int8_dot({"fp", "asimd", "asimddp"}) == "ARM dot product"     # a Raspberry Pi 5 (Cortex-A76)
+    assert int8_dot({"fp", "asimd"}) == "none"                          # a Pi 4 (Cortex-A72)
+    assert int8_dot(set()) == "unknown"
 
 
 def test_bench_latency_counts_params_from_onnx(tiny_model_dir):
