@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..runtime.cpu import int8_dot
 from ..runtime.imageio import write_text_atomic
 from ..runtime.manifest import sha256_of
 
@@ -32,33 +33,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> set:
-    """The CPU's feature flags (x86 `flags`, ARM `Features`) from /proc/cpuinfo; empty elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def int8_dot(flags=None) -> str:
-    """Which int8 dot-product instructions onnxruntime's int8 kernels can use here.
-
-    Why it is in every result: it decides int8 speed more than clock or core count. The same 7-bit
-    default took 6.7 ms on a 2-core AMD EPYC with AVX-512 VNNI and 24 ms on one with AVX2 alone
-    (2026-12-02), so a latency figure means little without it."""
-    flags = _cpu_flags() if flags is None else set(flags)
-    if not flags:
-        return "unknown"
-    found = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
-                                     ("asimddp", "ARM dot product"), ("i8mm", "ARM i8mm")) if flag in flags]
-    if found:
-        return ", ".join(found)
-    return "none (AVX2 only)" if "avx2" in flags else "none"
 
 
 def machine_line(info: dict) -> str:

@@ -99,7 +99,7 @@ def test_bench_latency_small(tiny_model_dir, tmp_path, capsys):
 
 
 def test_int8_dot_names_the_instructions_that_set_int8_speed():
-    from edgecut.bench.report import int8_dot
+    from edgecut.runtime.cpu import int8_dot
 
     assert int8_dot({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI"
     assert int8_dot({"avx2", "avx_vnni"}) == "AVX-VNNI"

@@ -182,6 +182,19 @@ def test_models_table(model_zoo, capsys):
     assert "default" in out
 
 
+@pytest.mark.parametrize("flags, says, hint", [({"avx2", "avx512_vnni"}, "AVX-512 VNNI", False),
+                                               ({"avx2", "fma"}, "none (AVX2 only)", True),
+                                               ({"fp", "asimd", "asimddp"}, "ARM dot product", False)])
+def test_models_says_what_the_cpu_offers_int8(model_zoo, monkeypatch, capsys, flags, says, hint):
+    from edgecut.runtime import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(flags))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"this CPU: int8 dot product {says}" in out
+    assert ("edgecut-fast is the model for live use" in out) == hint
+
+
 def test_models_without_any(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGECUT_MODELS_DIR", str(tmp_path))
     assert main(["models"]) == 0
