@@ -168,12 +168,15 @@ def test_without_opencv_the_error_names_the_extra(monkeypatch):
 def test_ctrl_c_leaves_a_valid_video(tiny_model_dir, tmp_path):
     src = write_video(tmp_path / "long.avi", 1200, size=(320, 240), noise=3.0)
     out = tmp_path / "out.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "edgecut.cli", "video", "-i", str(src), "-o", str(out),
+    # A shell that runs this suite in the background (CI under `cmd &`) starts it with SIGINT ignored,
+    # which the child would inherit, so the child gives itself Ctrl-C back before the CLI starts. Not
+    # by preexec_fn: that runs Python between fork and exec, which deadlocks now and then in a process
+    # with threads (one run of the suite here hung in it until the 60 s timeout).
+    start = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('edgecut.cli', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", start, "video", "-i", str(src), "-o", str(out),
                              "--model", str(tiny_model_dir), "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                            # A shell that runs this suite in the background (CI under `cmd &`) starts it
-                            # with SIGINT ignored, which the child would inherit: give it Ctrl-C back.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.*partial.mp4")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
