@@ -22,8 +22,14 @@ from .distill import alpha_scores
 def heldout_tensors(run_dir, input_size: int, mean, std, data=None):
     """The held-out photos of a distill run (same stable split as training), at the model's input.
     `data` replaces the run's training root, e.g. for a run trained elsewhere on a packed copy: the
-    split is keyed by set and file stem, so the same photos come out."""
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    split is keyed by set and file stem, so the same photos come out. A checkpoint with no run
+    folder (one recovered from a shipped file by `compress recover`) takes distill's default split
+    of `data`: the photos every distill run over that folder held out."""
+    config = Path(run_dir) / "config.json"
+    if not config.is_file() and data is None:
+        raise FileNotFoundError(f"{run_dir}: no config.json (not a distill run), so no held-out split; "
+                                f"give the training photos (--heldout-data)")
+    cfg = json.loads(config.read_text()) if config.is_file() else {"data": data}
     data = data or cfg["data"]
     if not Path(data).is_dir():
         raise FileNotFoundError(f"{run_dir}: its training photos {data} are not here; give the folder "

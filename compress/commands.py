@@ -286,6 +286,8 @@ def run_export(args) -> int:
         extra["pruned"] = {k: v for k, v in ck["pruned"].items() if k != "rounds"}
     if ck.get("soup"):   # `compress soup`: which runs were averaged
         extra["soup"] = ck["soup"]
+    if ck.get("recovered_from"):   # `compress recover`: weights from a shipped int8 file, not trained since
+        extra["recovered_from"] = ck["recovered_from"]
     if ck.get("ensemble"):   # `compress ensemble`: which runs, at which sizes, each calibrated how
         extra["ensemble"] = [{"source": m.get("source"), "input_size": m["input_size"], "soup": m.get("soup"),
                               "pruned": bool(m.get("pruned")), "calibration": m.get("calibration")}

@@ -17,6 +17,11 @@ def _training_line(m: Manifest):
         return None
     if soup:   # `compress soup`: no step of its own
         return f"- training: weight soup (mean of the weights) of {len(soup)} runs: {', '.join(soup)}"
+    rec = m.extra.get("recovered_from")
+    if rec and not step:   # `compress recover`, exported as it came back
+        member = f" (member {rec['member']})" if rec.get("member") is not None else ""
+        return (f"- training: weights recovered from the int8 file of `{rec['model']}`{member} "
+                f"(`edgecut compress recover`, sha256 {str(rec.get('sha256'))[:8]}), no training since")
     if step is None:
         return None
     line = f"- training: checkpoint at step {step}"
@@ -86,13 +91,17 @@ def _pruning_line(m: Manifest):
     if not p:
         return None
     fewer = 100 * (1 - p["macs"] / p["base_macs"])
-    try:   # pruning counts MACs at the variant's own size, which an export may have changed
+    try:   # pruning counts MACs at the variant's own size (recover: the member's), which an export may have changed
         from ..models.variants import get_variant
 
-        size = get_variant(m.architecture).input_size
+        size = p.get("input_size") or get_variant(m.architecture).input_size
         at = f" at {size}x{size}" if size != m.input_size[0] else ""
     except KeyError:
         at = ""
+    if p.get("recovered"):   # recovered from an ensemble member: how it was pruned is not in the file
+        return (f"- pruned graph, as in `{p.get('source')}`: {p['macs'] / 1e6:.0f}M MACs{at} against "
+                f"{p['base_macs'] / 1e6:.0f}M for the unpruned variant ({fewer:.0f}% fewer), "
+                f"{p['params']:,} parameters against {p['base_params']:,}")
     return (f"- pruned from `{p.get('source')}` ({p['base_macs'] / 1e6:.0f}M MACs, {p['base_params']:,} "
             f"parameters) to {p['macs'] / 1e6:.0f}M MACs{at} ({fewer:.0f}% fewer), {p.get('importance')} importance, "
             f"channels rounded to {p.get('round_to')}, then recovered by distillation")

@@ -211,7 +211,8 @@ def _pruning_record(model, cfg, source: str) -> dict:
     from .prune import Counts
 
     now, base = Counts.of(model), Counts.of(create_student(cfg))
-    return {"source": source, "macs": now.macs, "params": now.params, "base_macs": base.macs, "base_params": base.params}
+    return {"source": source, "macs": now.macs, "params": now.params, "base_macs": base.macs, "base_params": base.params,
+            "input_size": cfg.input_size, "recovered": True}   # counted at the member's size
 
 
 def _loaded(model_dir, photos: list):

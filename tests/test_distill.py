@@ -245,6 +245,16 @@ def test_calibration_folds_exactly_into_the_head(train_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="heldout-data"):
         calibrate(create_student("test-distill"), run)
     assert calibrate(create_student("test-distill"), run, data=train_dir)["photos_fit"] >= 1
+    # A recovered checkpoint has no run folder: distill's default split of the photos given.
+    from edgecut.compress.calibrate import heldout_tensors
+    from edgecut.compress.data import find_pairs, split_pairs
+
+    bare = tmp_path / "recovered"
+    bare.mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        calibrate(create_student("test-distill"), bare)
+    x, _ = heldout_tensors(bare, 32, (0.5,) * 3, (0.25,) * 3, data=train_dir)
+    assert len(x) == len(split_pairs(find_pairs(train_dir), 0.03)[1]) >= 1
 
 
 def test_calibration_that_cross_validates_worse_than_none_is_not_folded(train_dir, tmp_path, monkeypatch):

@@ -149,6 +149,23 @@ def test_model_card_carries_provenance_and_measured_table(exported):
     assert "logit calibration: none" in text and "folded into the head" not in text
 
 
+def test_model_card_says_a_recovered_member_was_not_trained_since():
+    """An ensemble member exported on its own after `compress recover`: its card says where its
+    weights came from and counts its pruned graph at the size the counts were taken."""
+    from edgecut.compress.model_card import _pruning_line, _training_line
+    from edgecut.runtime.manifest import Manifest
+
+    m = Manifest(name="x", input_size=(256, 256), architecture="edgecut-medium", extra={
+        "checkpoint_step": 0, "holdout": None,
+        "recovered_from": {"model": "edgecut-duo", "sha256": "53da58c7aaaa", "member": 1, "photos": 256},
+        "pruned": {"source": "edgecut-duo member 1 (runs/x/best.pt)", "macs": 131e6, "params": 603137,
+                   "base_macs": 227e6, "base_params": 1166745, "input_size": 192, "recovered": True}})
+    assert _training_line(m) == ("- training: weights recovered from the int8 file of `edgecut-duo` (member 1) "
+                                 "(`edgecut compress recover`, sha256 53da58c7), no training since")
+    line = _pruning_line(m)
+    assert "131M MACs at 192x192 against 227M" in line and "None" not in line and "recovered by" not in line
+
+
 def test_manifest_data_names_the_sets_a_run_saw(tmp_path):
     from edgecut.compress.export import DEFAULT_DATA, describe_data
 
