@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..runtime.cpu import int8_dot
+from ..runtime.cpu import cpuinfo_field, int8_dot
 from ..runtime.imageio import write_text_atomic
 from ..runtime.manifest import sha256_of
+from ..runtime.session import TTA_SUFFIX
 
 
 def now_stamp() -> str:
@@ -26,13 +27,7 @@ def default_json_path(kind: str) -> Path:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def machine_line(info: dict) -> str:
@@ -75,8 +70,6 @@ def header(kind: str, args=None) -> dict:
 
 
 def model_info(spec: str, session) -> dict:
-    from ..runtime.session import TTA_SUFFIX
-
     m, path = session.manifest, Path(session.model_path)
     return {
         "spec": spec,

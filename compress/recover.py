@@ -59,12 +59,18 @@ def unstem(w: np.ndarray) -> np.ndarray:
     return out
 
 
-def onnx_convs(path) -> list:
-    """[(weight, bias)] of every Conv in graph order, as float arrays."""
+def _graph(src):
+    """The GraphProto of an ONNX file, or `src` itself when it is one already (loaded once by the caller)."""
     import onnx
+
+    return src if isinstance(src, onnx.GraphProto) else onnx.load(str(src)).graph
+
+
+def onnx_convs(src) -> list:
+    """[(weight, bias)] of every Conv in graph order, as float arrays (src: a file or its GraphProto)."""
     from onnx import numpy_helper
 
-    graph = onnx.load(str(path)).graph
+    graph = _graph(src)
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     deq = _dequantized(graph, init)
     convs = []
@@ -138,7 +144,7 @@ def restore_batchnorm_stats(model: nn.Module, x: torch.Tensor, chunk: int = 16) 
         bn.bias.copy_(m + b)
 
 
-def conv_members(path) -> tuple[list, list]:
+def conv_members(src, label: str = "") -> tuple[list, list]:
     """(for every Conv in graph order, the member it belongs to; each member's input side or None),
     members numbered by where their first Conv (the stem) stands in the graph.
 
@@ -146,13 +152,13 @@ def conv_members(path) -> tuple[list, list]:
     when it sorts the graph, but within one member their order is still the student's module order.
     A member is the set of convs downstream of one stem (the members meet only after their last conv).
     A member that runs at a smaller size than the graph's input reads it through index gathers
-    (models/ensemble.py), whose index count is that size; None: it reads the input as it is."""
-    import onnx
+    (models/ensemble.py), whose index count is that size; None: it reads the input as it is.
+    src: a file, or its GraphProto already loaded (then `label` names it in errors)."""
     from onnx import numpy_helper
 
     from .export import graph_index
 
-    graph = onnx.load(str(path)).graph
+    graph = _graph(src)
     init = {t.name: t for t in graph.initializer}
     producers, _ = graph_index(graph)
     stems_of: dict = {}          # tensor -> the stems it depends on
@@ -164,7 +170,7 @@ def conv_members(path) -> tuple[list, list]:
                 stems.append(node)
                 deps = {len(stems) - 1}
             if len(deps) != 1:
-                raise ValueError(f"{Path(path).name}: a convolution reads several members at once")
+                raise ValueError(f"{label or Path(str(src)).name}: a convolution reads several members at once")
             members.append(next(iter(deps)))
         for o in node.output:
             stems_of[o] = deps
@@ -224,13 +230,14 @@ def _loaded(model_dir, photos: list):
     extra = man.extra or {}
     if "variant" not in extra:
         raise ValueError(f"{model_dir.name}: its manifest names no student variant (not an edgecut student?)")
-    convs = onnx_convs(model_dir / man.file)
+    graph = _graph(model_dir / man.file)
+    convs = onnx_convs(graph)
     padding = extra.get("padding")
     if padding:   # zero channels the export added for onnxruntime's kernels (pad_channels.py)
         convs = unpad(convs, padding["convs"])
     pre = Session(model_dir, threads=1).preprocess   # photos seen as the runtime sees them
     x = torch.from_numpy(np.concatenate([pre(load_rgb(p)) for p in photos]))
-    return man, extra, convs, x
+    return man, extra, graph, convs, x
 
 
 def _config(variant: dict):
@@ -245,7 +252,7 @@ def _config(variant: dict):
 def recover(model_dir, photos: list) -> dict:
     """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
     single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
-    man, extra, convs, x = _loaded(model_dir, photos)
+    man, extra, _, convs, x = _loaded(model_dir, photos)
     if extra.get("ensemble"):
         raise ValueError(f"{Path(model_dir).name} is an ensemble: recover_members gives its members")
     cfg = _config(extra["variant"])
@@ -265,11 +272,11 @@ def recover_members(model_dir, photos: list) -> list[dict]:
     BatchNorm statistics come from `photos` brought to each member's size as the graph brings them."""
     from ..models.ensemble import _nearest_rows, _resized
 
-    man, extra, convs, x = _loaded(model_dir, photos)
+    man, extra, graph, convs, x = _loaded(model_dir, photos)
     entries = extra.get("ensemble")
     if not entries:
         raise ValueError(f"{Path(model_dir).name} is a single student: recover gives it")
-    owner, sizes = conv_members(Path(model_dir) / man.file)
+    owner, sizes = conv_members(graph, man.file)
     variants = extra["variant"]["members"]
     size = extra["variant"]["input_size"]
     stems = [size if s is None else s for s in sizes]

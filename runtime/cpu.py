@@ -14,15 +14,21 @@ _DOT = (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("asimddp", "
         ("i8mm", "ARM i8mm"))
 
 
-def cpu_flags() -> set:
-    """The CPU's feature flags (x86 `flags`, ARM `Features`); empty where /proc/cpuinfo is absent."""
+def cpuinfo_field(*keys: str) -> str:
+    """The value of the first /proc/cpuinfo line that starts with one of `keys`; '' where there is
+    none (or no /proc/cpuinfo: macOS, Windows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags (x86 `flags`, ARM `Features`); empty where /proc/cpuinfo is absent."""
+    return set(cpuinfo_field("flags", "Features").split())
 
 
 def int8_dot(flags=None) -> str:

@@ -1,6 +1,6 @@
 """Score models on the held-out photos of a packed training set (the stable 3% split that distill
-holds out) against their teacher labels, through the whole runtime: IoU per photo (alpha > 0.5)
-and MAE, the non-portrait photos apart from the portraits (MediaPipe-labelled).
+holds out) against their teacher labels, through the whole runtime: IoU per photo (alpha >= 0.5,
+distill's own `alpha_scores`) and MAE, the non-portrait photos apart from the portraits (MediaPipe-labelled).
 
 Why a script and not `bench accuracy`: these labels are a teacher's, not human masks, so they pick
 between checkpoints of one recipe and are never reported as accuracy.
@@ -10,9 +10,11 @@ between checkpoints of one recipe and are never reported as accuracy.
 import argparse
 
 import numpy as np
+import torch
 from PIL import Image
 
 from edgecut.compress.data import find_pairs, split_pairs
+from edgecut.compress.distill import alpha_scores
 from edgecut.compress.teachers import open_model
 
 PORTRAITS = "portrait_shen2016_nontest"
@@ -33,9 +35,8 @@ def main() -> None:
             a = session.alpha(rgb) / 255.0
             with Image.open(p.alpha) as im:
                 y = np.asarray(im.convert("L").resize((rgb.shape[1], rgb.shape[0]), Image.BILINEAR)) / 255.0
-            pa, py = a > 0.5, y > 0.5
-            union = (pa | py).sum()
-            rows[p.set == PORTRAITS].append(((pa & py).sum() / union if union else 1.0, np.abs(a - y).mean()))
+            iou, mae = alpha_scores(torch.from_numpy(a)[None, None], torch.from_numpy(y)[None, None])
+            rows[p.set == PORTRAITS].append((float(iou[0]), float(mae[0])))
         o, q = np.array(rows[False]), np.array(rows[True])
         print(f"{spec:40s} non-portrait {len(o)}: IoU {o[:, 0].mean():.4f} MAE {o[:, 1].mean():.4f} | "
               f"portraits {len(q)}: IoU {q[:, 0].mean():.4f}")
