@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 export EDGECUT_DATA := $(DATA)
 
-.PHONY: demo test install install-dev bench-accuracy bench-latency bench-tta bench-agree bench-report label-clothing clean
+.PHONY: demo test install install-dev exports bench-accuracy bench-latency bench-tta bench-agree bench-report label-clothing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,22 +51,31 @@ bench-tta: $(VENV)/.dev
 	    --json bench/results/accuracy-tta.json
 	$(BIN)/edgecut bench latency $(foreach m,$(TTA_MODELS),--model $(m)) --json bench/results/latency-tta.json
 
-# Do the TFLite exports give the ONNX files' alpha? Needs `edgecut export ... [--format tflite] --int8 --calibrate` of each into runs/export.
-bench-agree: $(VENV)/.dev
+# The shipped int8 files written again as fp32 ONNX and TFLite (fp32, int8) in runs/export, for the
+# report's and bench-agree's rows: `edgecut export NAME` recovers the weights with their calibrations.
+EXPORT_FP32   := edgecut-duo edgecut-accurate edgecut-fast
+EXPORT_TFLITE := edgecut-duo edgecut-accurate
+exports: $(foreach m,$(EXPORT_FP32),runs/export/$(m)/manifest.json) $(foreach m,$(EXPORT_TFLITE),runs/export/$(m)-tflite-int8/manifest.json)
+runs/export/%-tflite-int8/manifest.json: models/embedded/%/model.onnx | $(VENV)/.dev
+	$(BIN)/edgecut export $* --out runs/export --format tflite --int8 --calib $(DATA)/train --calib-n 128
+runs/export/%/manifest.json: models/embedded/%/model.onnx | $(VENV)/.dev
+	$(BIN)/edgecut export $* --out runs/export --calib $(DATA)/train
+
+# Do the TFLite exports give the ONNX files' alpha?
+bench-agree: exports
 	$(BIN)/edgecut bench agree --reference runs/export/edgecut-duo --model runs/export/edgecut-duo-tflite --model runs/export/edgecut-duo-tflite-int8 \
 	    --model edgecut-duo --no-progress --json bench/results/agree-duo.json
 	$(BIN)/edgecut bench agree --reference runs/export/edgecut-accurate --model runs/export/edgecut-accurate-tflite \
 	    --model runs/export/edgecut-accurate-tflite-int8 --model edgecut-accurate --no-progress --json bench/results/agree-accurate.json
 
 # Every shipped variant beside the teacher and MediaPipe Selfie Segmentation: bench/results/report.{md,png,json}.
-# The fp32 and TFLite rows need `edgecut export` of the models' training checkpoints into runs/export (see README);
-# edgecut-medium(-pruned)'s fp32 files were not rebuilt after 2026-11-27 (their checkpoints are gone), so only their int8 rows remain.
+# The fp32 and TFLite rows are `make exports`: the shipped int8 weights, run in float or exported to LiteRT.
 REPORT_MODELS ?= edgecut-duo runs/export/edgecut-duo edgecut-accurate runs/export/edgecut-accurate edgecut-medium-pruned \
                  edgecut-fast runs/export/edgecut-fast edgecut-medium edgecut-small \
                  runs/export/edgecut-duo-tflite runs/export/edgecut-duo-tflite-int8 \
                  runs/export/edgecut-accurate-tflite runs/export/edgecut-accurate-tflite-int8 \
                  teacher:isnet-imgly peer:mediapipe-selfie
-bench-report: $(VENV)/.dev
+bench-report: exports
 	$(BIN)/edgecut fetch-peer mediapipe-selfie
 	$(BIN)/edgecut bench report --data $(DATA)/bench $(foreach m,$(REPORT_MODELS),--model $(m)) \
 	    --cache runs/cache/predictions --out bench/results/report

@@ -192,9 +192,11 @@ def check_input_size(px: int, where: str = "") -> int:
 # --- export ------------------------------------------------------------------------------------
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a distill (or pruned) checkpoint to ONNX or TFLite, fp32 and int8")
-    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt from `edgecut distill`, or pruned.pt")
-    p.add_argument("--name", required=True, help="model name; written as OUT/NAME (and OUT/NAME-int8); "
-                                                 "with --format tflite, OUT/NAME-tflite (and OUT/NAME-tflite-int8)")
+    p.add_argument("checkpoint", type=Path,
+                   help="best.pt or last.pt from `edgecut distill`, or pruned.pt; or a shipped model (an embedded "
+                        "name such as edgecut-duo, or a model folder) to write again in another format or precision")
+    p.add_argument("--name", help="model name; written as OUT/NAME (and OUT/NAME-int8); with --format tflite, "
+                                  "OUT/NAME-tflite (and OUT/NAME-tflite-int8); default for a shipped model: its name")
     p.add_argument("--out", type=Path, default=Path("runs/export"))
     p.add_argument("--format", choices=("onnx", "tflite"), default="onnx",
                    help="onnx (onnxruntime, default) or tflite (LiteRT, NHWC input; needs the tflite extra)")
@@ -261,13 +263,59 @@ def _resize_student(model, size: int) -> None:
     model.cfg = replace(model.cfg, input_size=size)
 
 
+def _shipped_model(path: Path):
+    """The manifest of the shipped model `path` names (embedded name or model folder), or None when
+    it names none: then it was meant as a checkpoint, and the error says so."""
+    from ..models import resolve
+    from ..runtime.errors import EdgecutError
+
+    try:
+        _, manifest = resolve(path)
+    except EdgecutError:
+        raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
+    if "variant" not in (manifest.extra or {}):
+        raise EdgecutError(f"{path}: not an edgecut student (its manifest names no variant), nothing to export")
+    return manifest
+
+
+def _batchnorm_photos(calib) -> list:
+    """Photos for the recovered BatchNorms' statistics: they set only how fine-tuning would start,
+    never the exported function, so the repo's sample photos do when no photo folder is at hand."""
+    from ..runtime.errors import EdgecutError
+    from .export import calibration_photos
+
+    for folder in [calib] if calib else [train_root(), Path(__file__).resolve().parents[1] / "samples"]:
+        try:
+            return calibration_photos(folder, 32)
+        except FileNotFoundError:
+            if calib:
+                raise EdgecutError(f"{calib}: no photos") from None
+    raise EdgecutError("no photos to measure BatchNorm statistics on: pass --calib DIR")
+
+
+def _shipped_student(model, photos):
+    """(network, checkpoint) of a shipped model, every calibration folded in (recover.shipped_checkpoint)."""
+    from ..models import resolve
+    from .export import student_from_checkpoint
+    from .recover import shipped_checkpoint
+
+    path, _ = resolve(model)
+    ck = shipped_checkpoint(path.parent if path.is_file() else path, photos)
+    return student_from_checkpoint(ck).eval(), ck
+
+
 def run_export(args) -> int:
     from ..runtime.errors import EdgecutError
     from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
                          quantize_int8, summary_table)
 
-    if not args.checkpoint.is_file():
-        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    shipped = None if args.checkpoint.is_file() else _shipped_model(args.checkpoint)
+    if shipped is not None and args.calibrate:
+        raise EdgecutError(f"{args.checkpoint}: a shipped model is calibrated already (drop --calibrate)")
+    if args.name is None:
+        if shipped is None:
+            raise EdgecutError("--name is required when exporting a checkpoint")
+        args.name = shipped.name
     photos = None
     if args.int8:
         calib = args.calib or train_root()
@@ -275,7 +323,10 @@ def run_export(args) -> int:
             photos = calibration_photos(calib, args.calib_n)
         except FileNotFoundError as e:
             raise EdgecutError(str(e)) from None
-    model, ck = load_student(args.checkpoint)
+    if shipped is not None:
+        model, ck = _shipped_student(args.checkpoint, photos or _batchnorm_photos(args.calib))
+    else:
+        model, ck = load_student(args.checkpoint)
     extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
     if args.input_size is not None:
         extra["trained_input_size"] = model.cfg.input_size
@@ -288,6 +339,8 @@ def run_export(args) -> int:
         extra["soup"] = ck["soup"]
     if ck.get("recovered_from"):   # `compress recover`: weights from a shipped int8 file, not trained since
         extra["recovered_from"] = ck["recovered_from"]
+    if ck.get("calibration_folded"):   # a shipped model written again: its calibration is in the weights
+        extra["calibration"] = ck["calibration_folded"]
     if ck.get("ensemble"):   # `compress ensemble`: which runs, at which sizes, each calibrated how
         extra["ensemble"] = [{"source": m.get("source"), "input_size": m["input_size"], "soup": m.get("soup"),
                               "pruned": bool(m.get("pruned")), "calibration": m.get("calibration")}
@@ -311,6 +364,9 @@ def run_export(args) -> int:
     runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
     rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))
     teacher = {"teacher": args.teacher} if args.teacher else {}
+    if shipped is not None:   # the new file says what the shipped one said of its teachers, data and terms
+        data, args.notes = shipped.data, args.notes or shipped.notes
+        teacher = {"teacher": args.teacher or shipped.teacher, "license": shipped.license}
     if args.format == "onnx":
         fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra, **teacher)
         print(f"fp32: {fp32}")

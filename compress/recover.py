@@ -249,14 +249,16 @@ def _config(variant: dict):
     return replace(get_variant(variant["name"]), input_size=variant["input_size"])
 
 
-def recover(model_dir, photos: list) -> dict:
+def recover(model_dir, photos: list, keep_calibration: bool = False) -> dict:
     """A distill checkpoint dict (`{"model", "variant", "pruned"?, "input_size"}`) from a shipped
-    single-student model folder, BatchNorm statistics measured on `photos` (paths)."""
+    single-student model folder, BatchNorm statistics measured on `photos` (paths); the logit
+    calibration is divided out of the head unless `keep_calibration`."""
     man, extra, _, convs, x = _loaded(model_dir, photos)
     if extra.get("ensemble"):
         raise ValueError(f"{Path(model_dir).name} is an ensemble: recover_members gives its members")
     cfg = _config(extra["variant"])
-    convs = _heads_undone(convs, [extra.get("calibration") or {}])
+    if not keep_calibration:
+        convs = _heads_undone(convs, [extra.get("calibration") or {}])
     model = _student(cfg, convs, bool(extra.get("pruned")), x)
     ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
           "recovered_from": {"model": man.name, "sha256": man.sha256, "photos": len(photos)}}
@@ -265,10 +267,11 @@ def recover(model_dir, photos: list) -> dict:
     return ck
 
 
-def recover_members(model_dir, photos: list) -> list[dict]:
+def recover_members(model_dir, photos: list, keep_calibration: bool = False) -> list[dict]:
     """One distill checkpoint per member of a shipped ensemble (`edgecut compress ensemble`), in the
     manifest's order, each with the raw logits it trained with: the ensemble's calibration and the
-    member's own are divided out of its head, as `compress ensemble` fits the member's again.
+    member's own are divided out of its head, as `compress ensemble` fits the member's again (unless
+    `keep_calibration`: then the mean of the members' logits is the shipped graph's).
     BatchNorm statistics come from `photos` brought to each member's size as the graph brings them."""
     from ..models.ensemble import _nearest_rows, _resized
 
@@ -289,8 +292,9 @@ def recover_members(model_dir, photos: list) -> list[dict]:
         cfg = _config(variant)
         stem = next(i for i in free if stems[i] == cfg.input_size)   # members of one size: graph order
         free.remove(stem)
-        mine = _heads_undone([c for c, o in zip(convs, owner) if o == stem],
-                             [extra.get("calibration") or {}, entry.get("calibration") or {}])
+        mine = [c for c, o in zip(convs, owner) if o == stem]
+        if not keep_calibration:
+            mine = _heads_undone(mine, [extra.get("calibration") or {}, entry.get("calibration") or {}])
         xm = x if cfg.input_size == size else _resized(x, _nearest_rows(size, cfg.input_size))
         model = _student(cfg, mine, bool(entry.get("pruned")), xm)
         ck = {"model": model.state_dict(), "variant": cfg.name, "input_size": cfg.input_size, "step": 0,
@@ -300,3 +304,26 @@ def recover_members(model_dir, photos: list) -> list[dict]:
             ck["pruned"] = _pruning_record(model, cfg, f"{man.name} member {k} ({entry.get('source')})")
         out.append(ck)
     return out
+
+
+def shipped_checkpoint(model_dir, photos: list) -> dict:
+    """The checkpoint `edgecut export` takes to write a shipped model again, in another format or
+    precision (fp32 ONNX, TFLite): the recovered weights with every logit calibration left folded in,
+    so the export gives the shipped file's alpha up to its int8 rounding. Why not `recover` then
+    `compress ensemble`: that path fits the calibrations again on held-out training photos, which a
+    clone does not have, and the refit lands elsewhere on its grid (the training log's control C).
+    The manifest's records ride along (`calibration_folded`, each member's source and soup) so that
+    the new manifest says what the shipped one said."""
+    man = Manifest.load(Path(model_dir) / "manifest.json")
+    extra = man.extra or {}
+    origin = {"model": man.name, "sha256": man.sha256, "photos": len(photos)}
+    if not extra.get("ensemble"):
+        ck = recover(model_dir, photos, keep_calibration=True)
+    else:
+        members = recover_members(model_dir, photos, keep_calibration=True)
+        for ck, entry in zip(members, extra["ensemble"]):
+            ck.update({"source": entry.get("source"), "soup": entry.get("soup")})
+        ck = {"variant": extra["variant"]["name"], "ensemble": members, "step": 0, "recovered_from": origin}
+    if extra.get("calibration"):
+        ck["calibration_folded"] = extra["calibration"]
+    return ck

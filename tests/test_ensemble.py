@@ -249,3 +249,31 @@ def test_the_shipped_default_recovers_into_its_members(sample_photos):
         with torch.no_grad():
             got = ens(torch.from_numpy(session.preprocess(rgb)))[0, 0].numpy()
         assert np.abs(got - session.infer(rgb)).mean() < 6 / 255   # int8 activations only (1-5/255 from fp32 on the bench)
+
+
+def test_export_writes_the_shipped_default_again_with_its_calibrations(sample_photos, tmp_path, capsys):
+    """`edgecut export edgecut-duo` (no checkpoint, no training photos): an fp32 graph whose alpha is
+    the int8 file's up to its activation rounding, so every calibration (each member's and the
+    ensemble's) went back in, and a manifest that says what the shipped one said."""
+    from edgecut.models import resolve
+
+    path, shipped = resolve("edgecut-duo")
+    assert main(["export", "edgecut-duo", "--out", str(tmp_path), "--calib", str(sample_photos[0].parent)]) == 0
+    man = Manifest.load(tmp_path / "edgecut-duo" / "manifest.json")
+    assert man.precision == "fp32" and man.extra["recovered_from"]["sha256"] == shipped.sha256
+    for field in ("teacher", "data", "license", "notes"):
+        assert getattr(man, field) == getattr(shipped, field)
+    assert man.extra["calibration"] == shipped.extra["calibration"]
+    assert [e["source"] for e in man.extra["ensemble"]] == [e["source"] for e in shipped.extra["ensemble"]]
+    fp32, int8 = Session(tmp_path / "edgecut-duo", threads=1), Session(path.parent, threads=1)
+    gaps = [np.abs(fp32.infer(rgb) - int8.infer(rgb)).mean()
+            for rgb in (np.asarray(Image.open(p).convert("RGB")) for p in sample_photos[:3])]
+    # measured: 1.0, 3.9 and 1.0/255; with the calibrations left out 5.2, 10.1 and 4.9
+    assert np.mean(gaps) < 2.5 / 255
+
+
+def test_export_of_a_shipped_model_refuses_what_it_cannot_do(tmp_path, capsys):
+    assert main(["export", "edgecut-fast", "--calibrate", "--out", str(tmp_path)]) != 0
+    assert "calibrated already" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing.pt"), "--out", str(tmp_path)]) != 0
+    assert "no such checkpoint, embedded model or model folder" in capsys.readouterr().err
