@@ -16,7 +16,8 @@ from .errors import EdgecutError
 
 PNG_LEVEL = 1       # zlib level: 12 MP RGBA at 1 is ~2x faster to write than 6, ~15% larger
 JPEG_QUALITY = 95
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")   # what folder scans pick up
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")   # what folder scans pick up
+NO_WRITE = (".gif",)   # read (an animation's first frame), never written: 256 colours and no soft alpha
 
 REMOVE_EPILOG = """\
 outputs:
@@ -99,6 +100,8 @@ def plan(args) -> tuple:
         raise UsageError("-o - (stdout) takes a single input")
     to_file = _output_is_file(args, inputs)
     out_dir = None if (args.output in (None, "-") or to_file) else Path(args.output)
+    if to_file and Path(args.output).suffix.lower() in NO_WRITE:
+        raise UsageError(f"-o {args.output}: GIF holds 256 colours and no soft alpha; write .png, .webp or .jpg")
     if to_file and not args.mask and args.bg is None and Path(args.output).suffix.lower() in (".jpg", ".jpeg", ".bmp"):
         raise UsageError(f"-o {args.output}: that format cannot hold transparency; "
                          "write .png or .webp, or add --bg/--mask")

@@ -80,8 +80,10 @@ def test_usage_errors_exit_2(model_zoo, photos, photo_path, tmp_path, capsys):
     assert main(["remove", str(photo_path), "--bg", "not-a-colour"]) == 2
     assert main(["remove", "-", str(photo_path)]) == 2
     assert main(["remove", str(photo_path), str(photo_path), "-o", str(tmp_path / "one.png")]) == 2
+    assert main(["remove", str(photo_path), "-o", str(tmp_path / "x.gif"), "--mask"]) == 2   # no soft alpha
     err = capsys.readouterr().err
-    assert len(_errors(err)) == 5 and "give -o DIR" in err
+    assert len(_errors(err)) == 6 and "give -o DIR" in err and "GIF holds 256 colours" in err
+    assert not (tmp_path / "x.gif").exists()
     with pytest.raises(SystemExit) as e:
         main(["remove", str(photo_path), "--mask", "--bg", "white"])
     assert e.value.code == 2
@@ -111,6 +113,18 @@ def test_folder_run_with_bad_inputs(model_zoo, photos, tmp_path, capsys):
     assert err.strip().splitlines()[-1] == "processed 2, failed 5"
     assert _digest(photos) == before                                         # inputs untouched
     assert not list(tmp_path.rglob("*.tmp"))                                 # no temp files left
+
+
+def test_a_folder_run_reads_gifs_first_frame(model_zoo, tmp_path, capsys):
+    """GIFs are photos too (memes, old web exports): a folder scan picks them up, an animation
+    gives its first frame, and the cutout is a PNG like any other."""
+    rgb = synthetic_photo()[0]
+    frames = [Image.fromarray(rgb), Image.fromarray(rgb[:, ::-1])]
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+    assert main(["remove", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 0
+    out = Image.open(tmp_path / "out" / "anim.png")
+    assert out.mode == "RGBA" and out.size == frames[0].size
 
 
 def test_existing_outputs_are_skipped_unless_overwrite(model_zoo, photos, tmp_path, capsys):
