@@ -322,7 +322,8 @@ def run_export(args) -> int:
         try:
             photos = calibration_photos(calib, args.calib_n)
         except FileNotFoundError as e:
-            raise EdgecutError(str(e)) from None
+            hint = "" if args.calib else " (the default, $EDGECUT_DATA/train): pass --calib DIR, photos like those it will see"
+            raise EdgecutError(f"{e}{hint}") from None
     if shipped is not None:
         model, ck = _shipped_student(args.checkpoint, photos or _batchnorm_photos(args.calib))
     else:

@@ -272,8 +272,11 @@ def test_export_writes_the_shipped_default_again_with_its_calibrations(sample_ph
     assert np.mean(gaps) < 2.5 / 255
 
 
-def test_export_of_a_shipped_model_refuses_what_it_cannot_do(tmp_path, capsys):
+def test_export_of_a_shipped_model_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
     assert main(["export", "edgecut-fast", "--calibrate", "--out", str(tmp_path)]) != 0
     assert "calibrated already" in capsys.readouterr().err
+    monkeypatch.setenv("EDGECUT_DATA", str(tmp_path / "no-data"))   # a clone without the shared photos
+    assert main(["export", "edgecut-fast", "--int8", "--out", str(tmp_path)]) != 0
+    assert "pass --calib DIR" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing.pt"), "--out", str(tmp_path)]) != 0
     assert "no such checkpoint, embedded model or model folder" in capsys.readouterr().err
