@@ -191,7 +191,8 @@ def check_input_size(px: int, where: str = "") -> int:
 
 # --- export ------------------------------------------------------------------------------------
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a distill (or pruned) checkpoint to ONNX or TFLite, fp32 and int8")
+    p = sub.add_parser("export", help="export a distill (or pruned) checkpoint, or write a shipped model again, "
+                                      "to ONNX or TFLite, fp32 and int8")
     p.add_argument("checkpoint", type=Path,
                    help="best.pt or last.pt from `edgecut distill`, or pruned.pt; or a shipped model (an embedded "
                         "name such as edgecut-duo, or a model folder) to write again in another format or precision")
@@ -264,18 +265,18 @@ def _resize_student(model, size: int) -> None:
 
 
 def _shipped_model(path: Path):
-    """The manifest of the shipped model `path` names (embedded name or model folder), or None when
-    it names none: then it was meant as a checkpoint, and the error says so."""
+    """(model folder, manifest) of the shipped model `path` names, an embedded name or a model folder.
+    Called when `path` is no checkpoint file, so an error names all three things it could have been."""
     from ..models import resolve
     from ..runtime.errors import EdgecutError
 
     try:
-        _, manifest = resolve(path)
+        onnx, manifest = resolve(path)
     except EdgecutError:
         raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
     if "variant" not in (manifest.extra or {}):
         raise EdgecutError(f"{path}: not an edgecut student (its manifest names no variant), nothing to export")
-    return manifest
+    return (onnx.parent if onnx.is_file() else onnx), manifest
 
 
 def _batchnorm_photos(calib) -> list:
@@ -293,14 +294,12 @@ def _batchnorm_photos(calib) -> list:
     raise EdgecutError("no photos to measure BatchNorm statistics on: pass --calib DIR")
 
 
-def _shipped_student(model, photos):
+def _shipped_student(model_dir: Path, photos):
     """(network, checkpoint) of a shipped model, every calibration folded in (recover.shipped_checkpoint)."""
-    from ..models import resolve
     from .export import student_from_checkpoint
     from .recover import shipped_checkpoint
 
-    path, _ = resolve(model)
-    ck = shipped_checkpoint(path.parent if path.is_file() else path, photos)
+    ck = shipped_checkpoint(model_dir, photos)
     return student_from_checkpoint(ck).eval(), ck
 
 
@@ -309,7 +308,7 @@ def run_export(args) -> int:
     from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
                          quantize_int8, summary_table)
 
-    shipped = None if args.checkpoint.is_file() else _shipped_model(args.checkpoint)
+    shipped_dir, shipped = (None, None) if args.checkpoint.is_file() else _shipped_model(args.checkpoint)
     if shipped is not None and args.calibrate:
         raise EdgecutError(f"{args.checkpoint}: a shipped model is calibrated already (drop --calibrate)")
     if args.name is None:
@@ -325,7 +324,7 @@ def run_export(args) -> int:
             hint = "" if args.calib else " (the default, $EDGECUT_DATA/train): pass --calib DIR, photos like those it will see"
             raise EdgecutError(f"{e}{hint}") from None
     if shipped is not None:
-        model, ck = _shipped_student(args.checkpoint, photos or _batchnorm_photos(args.calib))
+        model, ck = _shipped_student(shipped_dir, photos or _batchnorm_photos(args.calib))
     else:
         model, ck = load_student(args.checkpoint)
     extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
@@ -362,12 +361,14 @@ def run_export(args) -> int:
             print(f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; 2-fold "
                   f"cross-validated IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, "
                   f"MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
-    runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
-    rows, data = [], describe_data(*(runs or [args.checkpoint.parent]))
-    teacher = {"teacher": args.teacher} if args.teacher else {}
+    rows = []
     if shipped is not None:   # the new file says what the shipped one said of its teachers, data and terms
         data, args.notes = shipped.data, args.notes or shipped.notes
         teacher = {"teacher": args.teacher or shipped.teacher, "license": shipped.license}
+    else:
+        runs = [Path(m["source"]).parent for m in ck["ensemble"] if m.get("source")] if ck.get("ensemble") else []
+        data = describe_data(*(runs or [args.checkpoint.parent]))
+        teacher = {"teacher": args.teacher} if args.teacher else {}
     if args.format == "onnx":
         fp32 = export_onnx(model, args.out, args.name, data=data, notes=args.notes, extra=extra, **teacher)
         print(f"fp32: {fp32}")
