@@ -394,6 +394,10 @@ def run_export(args) -> int:
     for r in rows:
         if r["status"] == "ok":
             r.update(measure_export(r["folder"], args.quick_iou))
+            if shipped is not None:   # its licence line says "see MODEL_CARD.md": the card travels with it
+                from . import model_card
+
+                model_card.write(r["folder"])
     print(summary_table(rows))
     failed = [r for r in rows if r["status"] != "ok"]
     if args.embed:

@@ -13,11 +13,15 @@ from ..runtime.manifest import Manifest
 
 def _training_line(m: Manifest):
     step, held, soup = m.extra.get("checkpoint_step"), m.extra.get("holdout"), m.extra.get("soup")
+    rec = m.extra.get("recovered_from")
+    if rec and rec.get("as_shipped"):   # `edgecut export NAME`: a shipped model in another format
+        return (f"- training: the weights of `{rec['model']}` (sha256 {str(rec.get('sha256'))[:8]}), recovered from "
+                "its int8 file with every calibration left folded in and written again in this format and "
+                "precision (`edgecut export NAME`); no training since")
     if m.extra.get("ensemble"):   # its members' lines say where each came from
         return None
     if soup:   # `compress soup`: no step of its own
         return f"- training: weight soup (mean of the weights) of {len(soup)} runs: {', '.join(soup)}"
-    rec = m.extra.get("recovered_from")
     if rec and not step:   # `compress recover`, exported as it came back
         member = f" (member {rec['member']})" if rec.get("member") is not None else ""
         return (f"- training: weights recovered from the int8 file of `{rec['model']}`{member} "
@@ -127,10 +131,10 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
         + (f" ({q.get('format')}, weights {q.get('weights')}, activations {q.get('activations')}, "
            f"{q.get('calibration')} calibration on {q.get('calibration_photos')} photos)" if q else ""),
         f"- input: RGB stretched to {manifest.input_size[1]}x{manifest.input_size[0]}, (x/255 - mean) / std with "
-        f"mean {list(manifest.mean)}, std {list(manifest.std)}, NCHW float32; output `{manifest.output_name}`: "
+        f"mean {list(manifest.mean)}, std {list(manifest.std)}, {manifest.layout} float32; output `{manifest.output_name}`: "
         "alpha in [0, 1]",
         f"- sha256: `{manifest.sha256}`",
-        f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else "",
+        f"- ops left in float after quantization: {q.get('float_ops') or 'none'}" if q else None,
         _portable_line(q),
         "- stem: the 3x3 stride-2 int8 convolution runs as a 2x2 convolution over SpaceToDepth(2): the same "
         "integer sums, faster in onnxruntime (`compress/space_to_depth.py`)"

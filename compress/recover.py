@@ -326,4 +326,5 @@ def shipped_checkpoint(model_dir, photos: list) -> dict:
         ck = {"variant": extra["variant"]["name"], "ensemble": members, "step": 0, "recovered_from": origin}
     if extra.get("calibration"):
         ck["calibration_folded"] = extra["calibration"]
+    ck["recovered_from"] = {**ck["recovered_from"], "as_shipped": True}   # calibrations kept: the shipped function
     return ck

@@ -265,6 +265,8 @@ def test_export_writes_the_shipped_default_again_with_its_calibrations(sample_ph
         assert getattr(man, field) == getattr(shipped, field)
     assert man.extra["calibration"] == shipped.extra["calibration"]
     assert [e["source"] for e in man.extra["ensemble"]] == [e["source"] for e in shipped.extra["ensemble"]]
+    card = (tmp_path / "edgecut-duo" / "MODEL_CARD.md").read_text()   # the licence points to it
+    assert "precision: fp32" in card and shipped.license in card and "every calibration left folded in" in card
     fp32, int8 = Session(tmp_path / "edgecut-duo", threads=1), Session(path.parent, threads=1)
     gaps = [np.abs(fp32.infer(rgb) - int8.infer(rgb)).mean()
             for rgb in (np.asarray(Image.open(p).convert("RGB")) for p in sample_photos[:3])]
