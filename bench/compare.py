@@ -93,9 +93,11 @@ def plot(rows: List[dict], path: Path, threads: int = 1) -> Optional[Path]:
                            (axes[1], "people_iou", f"mean IoU, people sets ({', '.join(PEOPLE_SETS)})")):
         pts = [(r["p50_ms"].get(str(threads)), r[key], r) for r in rows]
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
-        markers = "osD^vP*Xhp<>"   # students sit close together: colour and marker tell them apart
+        markers = "osD^vP*Xhp<>"   # students sit close together: colour and marker tell them apart,
+        colours = plt.get_cmap("tab20").colors   # and 20 colours, where the default 10 repeat in a full report
         for k, (t, acc, r) in enumerate(pts):
-            ax.scatter(t, acc, s=45, zorder=3, marker=markers[k % len(markers)], label=_label(r))
+            ax.scatter(t, acc, s=45, zorder=3, marker=markers[k % len(markers)], color=colours[k % len(colours)],
+                       label=_label(r))
         front = pareto_front([(t, acc) for t, acc, _ in pts])
         if front:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="gray",
