@@ -195,7 +195,7 @@ def add_export(sub) -> None:
                                       "to ONNX or TFLite, fp32 and int8")
     p.add_argument("checkpoint", type=Path,
                    help="best.pt or last.pt from `edgecut distill`, or pruned.pt; or a shipped model (an embedded "
-                        "name such as edgecut-duo, or a model folder) to write again in another format or precision")
+                        "name such as edgecut-duo, or an ONNX model folder or file) to write again in another format or precision")
     p.add_argument("--name", help="model name; written as OUT/NAME (and OUT/NAME-int8); with --format tflite, "
                                   "OUT/NAME-tflite (and OUT/NAME-tflite-int8); default for a shipped model: its name")
     p.add_argument("--out", type=Path, default=Path("runs/export"))
@@ -264,6 +264,14 @@ def _resize_student(model, size: int) -> None:
     model.cfg = replace(model.cfg, input_size=size)
 
 
+def _is_checkpoint(path: Path) -> bool:
+    """A torch checkpoint file, as opposed to what `models.resolve` takes (a name, a model folder,
+    a model file or its manifest): a shipped model to write again."""
+    from ..models import MODEL_SUFFIXES
+
+    return path.is_file() and path.suffix.lower() not in (*MODEL_SUFFIXES, ".json")
+
+
 def _shipped_model(path: Path):
     """(model folder, manifest) of the shipped model `path` names, an embedded name or a model folder.
     Called when `path` is no checkpoint file, so an error names all three things it could have been."""
@@ -271,12 +279,12 @@ def _shipped_model(path: Path):
     from ..runtime.errors import EdgecutError
 
     try:
-        onnx, manifest = resolve(path)
+        model_file, manifest = resolve(path)
     except EdgecutError:
         raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
     if "variant" not in (manifest.extra or {}):
         raise EdgecutError(f"{path}: not an edgecut student (its manifest names no variant), nothing to export")
-    return (onnx.parent if onnx.is_file() else onnx), manifest
+    return model_file.parent, manifest
 
 
 def _batchnorm_photos(calib) -> list:
@@ -296,10 +304,14 @@ def _batchnorm_photos(calib) -> list:
 
 def _shipped_student(model_dir: Path, photos):
     """(network, checkpoint) of a shipped model, every calibration folded in (recover.shipped_checkpoint)."""
+    from ..runtime.errors import EdgecutError
     from .export import student_from_checkpoint
     from .recover import shipped_checkpoint
 
-    ck = shipped_checkpoint(model_dir, photos)
+    try:
+        ck = shipped_checkpoint(model_dir, photos)
+    except ValueError as e:   # not a graph recover can read (see `compress recover`, which says the same)
+        raise EdgecutError(str(e)) from None
     return student_from_checkpoint(ck).eval(), ck
 
 
@@ -308,7 +320,7 @@ def run_export(args) -> int:
     from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
                          quantize_int8, summary_table)
 
-    shipped_dir, shipped = (None, None) if args.checkpoint.is_file() else _shipped_model(args.checkpoint)
+    shipped_dir, shipped = (None, None) if _is_checkpoint(args.checkpoint) else _shipped_model(args.checkpoint)
     if shipped is not None and args.calibrate:
         raise EdgecutError(f"{args.checkpoint}: a shipped model is calibrated already (drop --calibrate)")
     if args.name is None:
@@ -391,12 +403,12 @@ def run_export(args) -> int:
             rows.append(_attempt("tflite", "int8", lambda: export_tflite(
                 model, args.out, f"{name}-int8", int8=True, calib_photos=photos, data=data, notes=args.notes,
                 extra=extra, **teacher)))
+    from . import model_card
+
     for r in rows:
         if r["status"] == "ok":
             r.update(measure_export(r["folder"], args.quick_iou))
             if shipped is not None:   # its licence line says "see MODEL_CARD.md": the card travels with it
-                from . import model_card
-
                 model_card.write(r["folder"])
     print(summary_table(rows))
     failed = [r for r in rows if r["status"] != "ok"]

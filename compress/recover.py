@@ -230,6 +230,8 @@ def _loaded(model_dir, photos: list):
     extra = man.extra or {}
     if "variant" not in extra:
         raise ValueError(f"{model_dir.name}: its manifest names no student variant (not an edgecut student?)")
+    if man.format != "onnx":   # the weights are read back from the ONNX graph's initializers
+        raise ValueError(f"{model_dir.name}: a {man.format} file; weights are recovered from the model's ONNX file")
     graph = _graph(model_dir / man.file)
     convs = onnx_convs(graph)
     padding = extra.get("padding")

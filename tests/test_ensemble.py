@@ -272,9 +272,17 @@ def test_export_writes_the_shipped_default_again_with_its_calibrations(sample_ph
             for rgb in (np.asarray(Image.open(p).convert("RGB")) for p in sample_photos[:3])]
     # measured: 1.0, 3.9 and 1.0/255; with the calibrations left out 5.2, 10.1 and 4.9
     assert np.mean(gaps) < 2.5 / 255
+    # the shipped model file itself names the model too (it is no torch checkpoint)
+    assert main(["export", str(path), "--out", str(tmp_path / "by-file"), "--calib", str(sample_photos[0].parent)]) == 0
+    assert (Manifest.load(tmp_path / "by-file" / "edgecut-duo" / "manifest.json").extra["recovered_from"]["sha256"]
+            == shipped.sha256)
 
 
 def test_export_of_a_shipped_model_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from edgecut.models import resolve
+
     assert main(["export", "edgecut-fast", "--calibrate", "--out", str(tmp_path)]) != 0
     assert "calibrated already" in capsys.readouterr().err
     monkeypatch.setenv("EDGECUT_DATA", str(tmp_path / "no-data"))   # a clone without the shared photos
@@ -282,3 +290,10 @@ def test_export_of_a_shipped_model_refuses_what_it_cannot_do(tmp_path, capsys, m
     assert "pass --calib DIR" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing.pt"), "--out", str(tmp_path)]) != 0
     assert "no such checkpoint, embedded model or model folder" in capsys.readouterr().err
+    _, manifest = resolve("edgecut-fast")
+    tflite = tmp_path / "fast-tflite"   # a TFLite folder of a student: its weights cannot be read back
+    tflite.mkdir()
+    (tflite / "model.tflite").write_bytes(b"TFL3")
+    replace(manifest, file="model.tflite", format="tflite").save(tflite / "manifest.json")
+    assert main(["export", str(tflite), "--out", str(tmp_path / "o")]) != 0
+    assert "weights are recovered from the model's ONNX file" in capsys.readouterr().err
