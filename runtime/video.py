@@ -202,6 +202,20 @@ class Source:
     is_camera: bool
 
 
+def check_source(spec: Union[str, int]) -> Optional[Path]:
+    """The video file a source names (None for a camera), checked before anything slow opens, so a
+    mistyped path is the error a user sees rather than a missing window or a model load."""
+    text = str(spec)
+    if text.isdigit():
+        return None
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise EdgecutError(f"{text}: no such file")
+    if path.is_dir():
+        raise EdgecutError(f"{text}: is a directory, not a video")
+    return path
+
+
 def open_source(spec: Union[str, int]) -> Source:
     """A camera index (0, 1, ...) or a video file."""
     cv2 = require_cv2()
@@ -212,11 +226,7 @@ def open_source(spec: Union[str, int]) -> Source:
             raise EdgecutError(f"camera {text}: cannot open it (is a camera connected, and free?)")
         label, is_camera = f"camera {text}", True
     else:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise EdgecutError(f"{text}: no such file")
-        if path.is_dir():
-            raise EdgecutError(f"{text}: is a directory, not a video")
+        path = check_source(text)
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             raise EdgecutError(f"{text}: cannot read it as a video")

@@ -55,7 +55,8 @@ def run_video(args) -> int:
     cfg = video.VideoConfig(bg=args.bg, smooth=args.smooth, skip=args.skip, max_side=args.max_side,
                             refine=args.refine, max_frames=args.frames,
                             report_every=0.0 if args.quiet else 2.0)
-    video.make_renderer(cfg.bg)          # a bad --bg or a missing window fails before the camera opens
+    video.check_source(args.input)       # a missing file, a bad --bg or a missing window fails
+    video.make_renderer(cfg.bg)          # before the camera opens
     sink = None if args.output else video.WindowSink()
     source = video.open_source(args.input)
     try:

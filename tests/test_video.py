@@ -142,6 +142,15 @@ def test_window_mode_without_gui_is_one_clear_line(tiny_model_dir, clip, monkeyp
     assert "window" in line and "--output" in line
 
 
+def test_a_missing_file_is_named_before_the_window(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # Window mode with a mistyped path: the path is the error, not the display or the OpenCV build.
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["video", "-i", str(tmp_path / "nope.mp4"), "--model", str(tiny_model_dir)]) == 1
+    (line,) = _errors(capsys.readouterr().err)
+    assert "nope.mp4: no such file" in line
+
+
 def test_bad_inputs_fail_with_one_line(tiny_model_dir, clip, tmp_path, capsys):
     cases = [
         (["-i", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")], "no such file"),
