@@ -24,7 +24,7 @@ outputs:
   one file, no -o      PHOTO_cutout.png beside it (PHOTO_mask.png with --mask,
                        PHOTO_cutout.jpg with --bg); same for several files
   one file, -o FILE    FILE (.png or .webp keep transparency; .jpg needs --bg or --mask)
-  -o DIR               DIR/NAME.png for files; a folder's images keep their relative
+  -o DIR               DIR/NAME.png for files (NAME.jpg with --bg); a folder's images keep their relative
                        paths under DIR (folders need -o DIR)
   -                    read the photo from stdin, write PNG to stdout (or to -o FILE)
   Existing outputs are skipped (so an interrupted batch resumes) unless --overwrite;
