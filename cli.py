@@ -45,6 +45,12 @@ def main(argv=None) -> int:
     except EdgecutError as e:
         print(f"edgecut {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        # A path the user gave that the system refused (a folder that cannot be made, a full
+        # disk, a file that vanished): one line naming it, as for EdgecutError.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"edgecut {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ every set equally, so a 30-image set counts as much as a 300-image one.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,10 @@ class BenchSet:
     unmatched: int = 0                      # images without a mask
 
 
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def load_set(root: Path, name: str) -> BenchSet:
     d = Path(root) / name
     if not (d / "images").is_dir() or not (d / "masks").is_dir():
@@ -43,6 +48,9 @@ def load_set(root: Path, name: str) -> BenchSet:
     masks = {p.stem: p for p in (d / "masks").iterdir() if p.suffix.lower() == ".png"}
     images = sorted(p for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
     pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+    if not pairs:
+        raise EdgecutError(f"{d}: no photo has a mask ({len(images)} photos in images/, {len(masks)} PNGs in "
+                           "masks/; a mask is masks/<photo name>.png)")
     return BenchSet(name, pairs, unmatched=len(images) - len(pairs))
 
 
@@ -64,6 +72,9 @@ def load_mask(path: Path) -> np.ndarray:
 
 def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.ndarray:
     """The runtime's full-res alpha, resized to the mask if the two disagree."""
+    h, w = np.asarray(rgb).shape[:2]
+    if abs(w / h - size_hw[1] / size_hw[0]) > 0.02 * (w / h):
+        raise EdgecutError(f"mask is {size_hw[1]}x{size_hw[0]}, not the photo's shape ({w}x{h})")
     a = np.asarray(session.alpha(rgb, refine=refine), dtype=np.uint8)
     if a.shape != tuple(size_hw):
         a = np.asarray(Image.fromarray(a).resize((size_hw[1], size_hw[0]), Image.BILINEAR))
@@ -71,7 +82,7 @@ def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.n
 
 
 def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: bool = True,
-                 tick=lambda: None, log=print, cache=None) -> dict:
+                 tick=lambda: None, log=_warn, cache=None) -> dict:
     """`cache`: a PredictionCache; cached alphas of this exact model file are scored, not recomputed."""
     from ..runtime.imageio import load_image
 
@@ -87,7 +98,8 @@ def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: 
                     cache.put(bench.name, image, pred)
         except (EdgecutError, OSError, ValueError, SyntaxError) as e:
             failed.append(str(image))
-            log(f"skip {image}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log(f"skip {reason}" if str(image) in reason else f"skip {image}: {reason}")
             tick()
             continue
         acc.add(pred, gt)
@@ -135,11 +147,14 @@ def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[in
 
 
 def _bar(total: int, enabled: bool):
+    """A progress bar and the function that prints a line past it; both on stderr, so stdout holds
+    only the results table."""
     if not enabled:
-        return None, print
+        return None, _warn
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", dynamic_ncols=True, leave=False), tqdm.write
+    return (tqdm(total=total, unit="img", dynamic_ncols=True, leave=False),
+            lambda line: tqdm.write(line, file=sys.stderr))
 
 
 def results_table(results: List[dict]) -> str:

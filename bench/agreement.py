@@ -23,11 +23,14 @@ def _at(alpha: np.ndarray, shape) -> np.ndarray:
 
 
 def agreement(reference, other, photos: Sequence, tick: Callable[[], None] = lambda: None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = None) -> dict:
     """Alpha differences (in 1/255) of session `other` against session `reference` over `photos`."""
     from ..runtime.errors import EdgecutError
     from ..runtime.imageio import load_image
 
+    from .accuracy import _warn
+
+    log = log or _warn
     means: List[float] = []
     hist = np.zeros(256, np.int64)          # counts of |difference| rounded to whole 1/255 steps
     worst_pixel = 0.0

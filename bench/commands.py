@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..runtime.argtypes import MAX_THREADS, THREADS, integer, number
 from ..runtime.errors import EdgecutError
+from ..runtime.outputs import output_file, output_folder
 
 
 def register(sub) -> None:
@@ -51,8 +53,8 @@ def _int_list(text: str):
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not vals or min(vals) < 1 or max(vals) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected integers from 1 to {MAX_THREADS}, got {text!r}")
     return vals
 
 
@@ -61,7 +63,22 @@ def _size(text: str):
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if not (16 <= w <= 20000 and 16 <= h <= 20000):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, each from 16 to 20000 pixels, got {text!r}")
     return w, h
+
+
+def _check_outputs(args, files=()) -> None:
+    """Every path the verb will write, checked before the models run (a report takes half an hour)."""
+    for f in (args.json, *files):
+        if f is not None:
+            output_file(f)
+    if args.json is None:
+        from .report import default_json_path
+
+        output_folder(default_json_path(args.bench_command).parent)
+    if getattr(args, "cache", None) is not None:
+        output_folder(args.cache)
 
 
 # --- accuracy ------------------------------------------------------------------------------------
@@ -70,8 +87,8 @@ def add_accuracy(bench) -> None:
     _common(p)
     p.add_argument("--data", type=Path, help="bench folder with <set>/{images,masks} (default $EDGECUT_DATA/bench)")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
-    p.add_argument("--limit", type=int, help="at most N images per set")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--limit", type=integer(1), help="at most N images per set")
+    p.add_argument("--threads", type=THREADS, help="onnxruntime intra-op threads")
     p.add_argument("--no-refine", action="store_true", help="score the plain bilinear alpha, not the edge-aware one")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="reuse/store predictions keyed by model sha256 (the teacher takes ~2 s a photo)")
@@ -84,6 +101,7 @@ def run_accuracy(args) -> int:
     sets = accuracy.find_sets(args.data or accuracy.default_data_dir(),
                               [s.strip() for s in args.sets.split(",")] if args.sets else None)
     models = args.model or ["default"]
+    _check_outputs(args)
     results = accuracy.run_accuracy(models, sets, args.limit, args.threads, args.teacher_path,
                                     refine=not args.no_refine, progress=not args.no_progress,
                                     cache_dir=args.cache)
@@ -102,14 +120,9 @@ def run_accuracy(args) -> int:
 
 def _timing(p) -> None:
     """--runs and --min-time, shared by `bench latency` and `bench report` (both time Session.infer)."""
-    p.add_argument("--runs", type=int, default=20, help="timed runs per thread count, at least (slow models: 3)")
-    p.add_argument("--min-time", type=float, default=1.0, metavar="S",
+    p.add_argument("--runs", type=integer(1), default=20, help="timed runs per thread count, at least (slow models: 3)")
+    p.add_argument("--min-time", type=number(0, 3600), default=1.0, metavar="S",
                    help="and at least S seconds of them per thread count (default 1; slow models: no floor)")
-
-
-def _check_timing(args) -> None:
-    if args.runs < 1 or args.min_time < 0:
-        raise EdgecutError("--runs must be at least 1 and --min-time at least 0")
 
 
 # --- latency ---------------------------------------------------------------------------------------
@@ -132,7 +145,7 @@ def add_latency(bench) -> None:
 def run_latency(args) -> int:
     from . import latency, report
 
-    _check_timing(args)
+    _check_outputs(args)
     cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, min_seconds=args.min_time, photo=args.photo,
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
@@ -175,20 +188,22 @@ def run_report(args) -> int:
     data = args.data or accuracy.default_data_dir()
     sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
     models = args.model or ["default"]
-    _check_timing(args)
+    stem = args.out
+    if stem.name in ("", ".", ".."):
+        raise EdgecutError(f"--out {str(stem)!r}: give a file stem, e.g. runs/bench/report")
+    _check_outputs(args, [stem.with_suffix(".md"), stem.with_suffix(".png")])
     res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
                                progress=not args.no_progress, min_seconds=args.min_time)
     md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])
     print(md)
-    stem = args.out
-    stem.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stem.with_suffix(".md"), md)
     png = compare.plot(res["rows"], stem.with_suffix(".png"), args.threads[0])
     out = report.write_json(args.json or stem.with_suffix(".json"),
                             {**report.header("report", args), "data": str(data), **res})
     print(f"table: {stem.with_suffix('.md')}\nplot: {png or 'skipped (pip install matplotlib, in edgecut[bench])'}"
           f"\nresults: {out}")
-    return 0
+    failed = sum(len(st["failed"]) for r in res["accuracy"] for st in r["sets"].values())
+    return 1 if failed else 0   # as bench accuracy: photos that could not be scored are a failure
 
 
 # --- agree -----------------------------------------------------------------------------------------
@@ -199,9 +214,9 @@ def add_agree(bench) -> None:
     p.add_argument("--reference", required=True, metavar="M", help="the model the others are compared with")
     p.add_argument("--data", type=Path, help="bench folder with <set>/{images,masks} (default $EDGECUT_DATA/bench)")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
-    p.add_argument("--limit", type=int, help="at most N images per set")
-    p.add_argument("--threads", type=int, help="intra-op threads")
-    p.add_argument("--max-mean", type=float, metavar="STEPS",
+    p.add_argument("--limit", type=integer(1), help="at most N images per set")
+    p.add_argument("--threads", type=THREADS, help="intra-op threads")
+    p.add_argument("--max-mean", type=number(0), metavar="STEPS",
                    help="exit 1 when a model's mean difference over all photos exceeds this (in 1/255)")
     p.set_defaults(func=run_agree)
 
@@ -213,6 +228,7 @@ def run_agree(args) -> int:
         raise EdgecutError("bench agree: name the models to compare with --model (and --reference)")
     data = args.data or accuracy.default_data_dir()
     sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
+    _check_outputs(args)
     results = agreement.run_agreement(args.reference, args.model, sets, args.limit, args.threads,
                                       args.teacher_path, progress=not args.no_progress)
     printed = agreement.results_table(results)

@@ -75,6 +75,9 @@ def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] 
     dest = peer_dir(peer.manifest.name, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        if tarball and not Path(tarball).is_file():
+            what = "is a directory, not an" if Path(tarball).is_dir() else "no such"
+            raise EdgecutError(f"{tarball}: {what} `npm pack` tarball")
         tgz = Path(tarball) if tarball else npm_pack(peer.package, Path(tmp))
         work = Path(tmp) / "out"
         work.mkdir()

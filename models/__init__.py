@@ -31,8 +31,8 @@ def embedded_dir() -> Path:
 def _load_manifest(path: Path) -> Manifest:
     try:
         return Manifest.load(path)
-    except (OSError, ValueError, TypeError) as e:
-        raise EdgecutError(f"{path}: unreadable manifest ({e})") from None
+    except OSError as e:
+        raise EdgecutError(f"{path}: unreadable manifest ({e.strerror or e})") from None
 
 
 def _embedded() -> dict:

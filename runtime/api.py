@@ -4,6 +4,7 @@ Sessions are cached per model so that calling `remove` in a loop loads the model
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -34,14 +35,23 @@ def get_session(model="default", **kw) -> Session:
         return _SESSIONS[key]
 
 
+MAX_BLUR_RADIUS = 1000
+
+
 def _blur_radius(spec: str) -> Optional[float]:
     _, _, value = spec.partition(":")
     if not value:
         return None
     try:
-        return float(value)
+        radius = float(value)
     except ValueError:
-        raise EdgecutError(f"bad blur radius in {spec!r} (use blur or blur:RADIUS)") from None
+        radius = math.nan
+    # Pillow's and OpenCV's blurs allocate kernels by the radius: nan, negatives and huge values
+    # fail inside them (or hang), so the range is checked here.
+    if not 0 <= radius <= MAX_BLUR_RADIUS:
+        raise EdgecutError(f"bad blur radius in {spec!r} (use blur or blur:RADIUS, "
+                           f"RADIUS from 0 to {MAX_BLUR_RADIUS} pixels)")
+    return radius
 
 
 def compositor(mask: bool = False, bg=None) -> Render:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from .argtypes import THREADS, integer
 from .errors import EdgecutError
 
 PNG_LEVEL = 1       # zlib level: 12 MP RGBA at 1 is ~2x faster to write than 6, ~15% larger
@@ -231,8 +232,8 @@ def run_remove(args) -> int:
     except UsageError as e:
         print(f"edgecut remove: error: {e}", file=sys.stderr)
         return 2
-    if args.threads is not None and args.threads < 1 or args.jobs is not None and args.jobs < 1:
-        print("edgecut remove: error: --threads and --jobs must be at least 1", file=sys.stderr)
+    if any(j.dst is None for j in jobs) and sys.stdout is None:
+        print("edgecut remove: error: standard output is closed; use -o FILE", file=sys.stderr)
         return 2
     if any(j.dst is None for j in jobs) and sys.stdout.isatty():
         print("edgecut remove: error: refusing to write PNG bytes to a terminal; use -o FILE",
@@ -248,7 +249,10 @@ def run_remove(args) -> int:
     from .session import Session
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit reports these
-    done_before = [not args.overwrite and j.dst is not None and j.dst.exists() for j in jobs]
+    input_paths = {os.path.realpath(j.src) for j in jobs if j.src is not None}
+    # An output that is an input is not "done before": it fails in _process, one line per file.
+    done_before = [not args.overwrite and j.dst is not None and j.dst.exists()
+                   and os.path.realpath(j.dst) not in input_paths for j in jobs]
     skipped = sum(done_before)
     todo = [j for j, skip in zip(jobs, done_before) if not skip]
     cpus = os.cpu_count() or 1
@@ -260,7 +264,6 @@ def run_remove(args) -> int:
         print(f"edgecut remove: error: --bg: {e}", file=sys.stderr)
         return 2
     session = Session(args.model, threads=threads, tta=args.tta) if todo else None
-    input_paths = {os.path.realpath(j.src) for j in jobs if j.src is not None}
 
     progress = _Progress(len(todo), enabled=not args.quiet and len(todo) > 1 and sys.stderr.isatty())
     for line in problems:
@@ -360,9 +363,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="default",
                    help="embedded model name (see `edgecut models`), a model folder, a manifest "
                         ".json, or an .onnx/.tflite with its manifest beside it (default: %(default)s)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=THREADS, metavar="N",
                    help="inference threads per photo (default: CPU cores / jobs)")
-    p.add_argument("--jobs", type=int, metavar="N",
+    p.add_argument("--jobs", type=integer(1, 64), metavar="N",
                    help="photos processed in parallel (default: min(4, CPU cores))")
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="plain bilinear upscaling of the matte (no edge-snapping guided filter)")

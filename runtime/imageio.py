@@ -196,9 +196,13 @@ def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
     """Write text via a temp file beside it + os.replace: a reader sees the old file or the new
     one, never half of it (manifests, model cards, benchmark JSON and tables)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EdgecutError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
@@ -38,17 +39,44 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
+        """Raises ValueError, naming the field, for a manifest the runtime could not run."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for k in ("input_size", "mean", "std"):
-            if k in kw and kw[k] is not None:
-                kw[k] = tuple(kw[k])
+        if not isinstance(kw.get("name"), str) or not kw["name"]:
+            raise ValueError("'name' must be a non-empty string")
+        for k in ("file", "format", "precision", "layout", "output_activation", "output_norm"):
+            if k in kw and not isinstance(kw[k], str):
+                raise ValueError(f"{k!r} must be a string, got {kw[k]!r}")
+        for k in ("input_name", "output_name"):
+            if kw.get(k) is not None and not isinstance(kw[k], str):
+                raise ValueError(f"{k!r} must be a string or null, got {kw[k]!r}")
+        if "input_size" in kw:
+            kw["input_size"] = _numbers(kw["input_size"], "input_size", (2,), integer=True)
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = _numbers(kw[k], k, (3,))
+        if any(v == 0 for v in kw.get("std", (1,))):
+            raise ValueError("'std' must not contain 0")
+        if "extra" in kw and not isinstance(kw["extra"], dict):
+            raise ValueError("'extra' must be an object")
         return cls(**kw)
 
     @classmethod
     def load(cls, path) -> "Manifest":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """The manifest at `path`, or an EdgecutError naming the file and what is wrong with it."""
+        from .errors import EdgecutError
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except UnicodeDecodeError:
+            raise EdgecutError(f"{path}: not a manifest (not UTF-8 text)") from None
+        except json.JSONDecodeError as e:
+            raise EdgecutError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        except ValueError as e:
+            raise EdgecutError(f"{path}: bad manifest: {e}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -61,6 +89,17 @@ class Manifest:
         from .imageio import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _numbers(value, key: str, lengths: tuple, integer: bool = False) -> tuple:
+    ok = isinstance(value, (list, tuple)) and len(value) in lengths and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if ok and integer:
+        ok = all(float(v).is_integer() and v > 0 for v in value)
+    if not ok:
+        kind = "positive integers" if integer else "numbers"
+        raise ValueError(f"{key!r} must be a list of {' or '.join(map(str, lengths))} {kind}, got {value!r}")
+    return tuple(int(v) for v in value) if integer else tuple(value)
 
 
 def sha256_of(path) -> str:

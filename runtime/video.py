@@ -34,6 +34,7 @@ import numpy as np
 
 from . import composite
 from .errors import EdgecutError
+from .outputs import output_file
 from .upsample import GuidedUpsample, guided_upsample
 
 __all__ = ["VideoConfig", "VideoStats", "TemporalAlpha", "open_source", "FileSink", "WindowSink",
@@ -257,6 +258,7 @@ class FileSink:
                 raise EdgecutError(f"{self.path}: refusing to overwrite the input")
         if not self.path.parent.is_dir():
             raise EdgecutError(f"{self.path}: folder {self.path.parent} does not exist")
+        output_file(self.path)   # a folder it cannot write into (read-only, /proc) is named here
         self.fps, self.tmp, self.writer, self.frames = fps, _temp_beside(self.path), None, 0
 
     def write(self, bgr: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .argtypes import THREADS, integer
 from .errors import EdgecutError
 
 VIDEO_EPILOG = """\
@@ -101,10 +102,10 @@ def register(sub) -> None:
     p.add_argument("--skip", type=_positive, default=1, metavar="N",
                    help="run the model on every N-th frame and reuse its alpha in between "
                         "(default: every frame)")
-    p.add_argument("--max-side", type=_positive, metavar="PX",
+    p.add_argument("--max-side", type=integer(16, 16384), metavar="PX",
                    help="shrink frames to this long side before everything else (e.g. 320 on a Pi); "
                         "the output has this size")
-    p.add_argument("--threads", type=_positive, metavar="N",
+    p.add_argument("--threads", type=THREADS, metavar="N",
                    help="inference threads (default: CPU cores - 1, at most 4: one core is left "
                         "for decoding, compositing and encoding)")
     p.add_argument("--refine", action="store_true",

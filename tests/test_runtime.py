@@ -64,7 +64,7 @@ def test_resolve_errors_name_the_problem(model_zoo, tiny_model_dir, tmp_path):
         models.resolve(bare)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")
-    with pytest.raises(EdgecutError, match="unreadable manifest"):
+    with pytest.raises(EdgecutError, match="manifest.json: not valid JSON"):
         models.resolve(tmp_path / "broken")
 
 

@@ -1,0 +1,63 @@
+"""Where a verb writes, checked before it starts the work: a folder it cannot create or a file it
+cannot write is one line at the start, not a traceback after an hour of labelling or benchmarking,
+and an output that is one of the verb's own inputs is refused rather than replaced."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Union
+
+from .errors import EdgecutError
+
+PathLike = Union[str, os.PathLike]
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def output_folder(path: PathLike) -> Path:
+    """Create the folder (and its parents) or say in one line why it cannot be."""
+    path = Path(path).expanduser()
+    if str(path) in ("", "."):
+        return Path(".")
+    if path.exists() and not path.is_dir():
+        raise EdgecutError(f"{path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".edgecut-write-check.{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise EdgecutError(f"{path}: cannot write into this folder ({_reason(e)})") from None
+    return path
+
+
+def output_file(path: PathLike) -> Path:
+    """Check that a file can be written here (its folder created if need be), before the work."""
+    path = Path(path).expanduser()
+    if path.name == "":
+        raise EdgecutError(f"{path}: names a folder, not a file")
+    if path.is_dir():
+        raise EdgecutError(f"{path}: is a directory, not a file")
+    output_folder(path.parent)
+    return path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike], hint: str = "pass another --out") -> None:
+    """Refuse to start when a file the verb will write (`targets`) is one of its inputs: a model
+    folder written over itself, a run folder whose best.pt is the --init checkpoint."""
+    inputs = [Path(p).expanduser() for p in inputs]
+    for t in targets:
+        t = Path(t).expanduser()
+        for src in inputs:
+            if _same(t, src) or (src.is_dir() and t.exists() and _same(t.parent, src)):
+                raise EdgecutError(f"{t}: would overwrite the input {src}; {hint}")

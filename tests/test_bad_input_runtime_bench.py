@@ -1,0 +1,159 @@
+"""Bad input to the runtime and bench verbs: one line naming the file and the reason, a non-zero
+exit, no traceback, nothing written over an input (the project's rule, for every verb)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_photo
+from edgecut.cli import main
+from edgecut.runtime.errors import EdgecutError
+from edgecut.runtime.manifest import Manifest
+from test_bench import fake_bench  # noqa: F401  (a fixture)
+
+
+def _one_error(err: str, verb: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"edgecut {verb}: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# --- numbers on the command line: usage errors, before any work ---------------------------------
+@pytest.mark.parametrize("argv", [
+    ["remove", "x.jpg", "--threads", "1000000"],
+    ["remove", "x.jpg", "--threads", "0"],
+    ["remove", "x.jpg", "--jobs", "-1"],
+    ["video", "-i", "x.mp4", "-o", "o.mp4", "--threads", "99999999999999999999"],
+    ["video", "-i", "x.mp4", "-o", "o.mp4", "--max-side", "1"],
+    ["bench", "accuracy", "--limit", "0"],
+    ["bench", "accuracy", "--threads", "-1"],
+    ["bench", "latency", "--threads", "1,100000"],
+    ["bench", "latency", "--min-time", "nan"],
+    ["bench", "latency", "--photo-size", "0x0"],
+    ["bench", "latency", "--photo-size", "100000x100000"],
+    ["bench", "agree", "--reference", "a", "--max-mean", "nan"],
+])
+def test_bad_numbers_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected" in err.splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("radius", ["inf", "1e300", "-5", "nan"])
+def test_bad_blur_radius_is_one_line(model_zoo, photo_path, tmp_path, radius, capsys):
+    assert main(["remove", str(photo_path), "-o", str(tmp_path / "b.jpg"), "--bg", f"blur:{radius}"]) == 2
+    assert "bad blur radius" in _one_error(capsys.readouterr().err, "remove")
+    assert not (tmp_path / "b.jpg").exists()
+
+
+def test_a_folder_written_into_itself_fails_per_file_and_keeps_the_photos(model_zoo, tmp_path, capsys):
+    d = tmp_path / "ph"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_photo(seed=i)[0]).save(d / f"p{i}.jpg", quality=90)
+    before = _digest(d)
+    # --bg writes NAME.jpg: each output would be its own input. Not "skipped (output exists)".
+    assert main(["remove", str(d), "-o", str(d), "--bg", "white"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("refusing to overwrite an input") == 2 and "skipped" not in err
+    assert _digest(d) == before
+
+
+def test_closed_stdout_is_one_line(model_zoo, photo_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": open(photo_path, "rb")})())
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["remove", "-"]) == 2
+    assert "standard output is closed" in _one_error(capsys.readouterr().err, "remove")
+
+
+# --- hand-edited manifests ------------------------------------------------------------------------
+@pytest.mark.parametrize("text, reason", [
+    ("[1, 2]", "expected a JSON object"),
+    ("{not json", "not valid JSON"),
+    ("{}", "'name' must be a non-empty string"),
+    ('{"name": "m", "file": 123}', "'file' must be a string"),
+    ('{"name": "m", "mean": "abc"}', "'mean' must be a list of 3 numbers"),
+    ('{"name": "m", "std": ["a", "b", "c"]}', "'std' must be a list of 3 numbers"),
+    ('{"name": "m", "std": [1, 0, 1]}', "'std' must not contain 0"),
+    ('{"name": "m", "input_size": [256, -1]}', "'input_size' must be a list of 2 positive integers"),
+])
+def test_bad_manifests_name_the_field(tiny_model_dir, tmp_path, text, reason, capsys):
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    (m / "manifest.json").write_text(text)
+    with pytest.raises(EdgecutError, match="manifest.json: "):
+        Manifest.load(m / "manifest.json")
+    photo = tmp_path / "p.png"
+    Image.fromarray(synthetic_photo()[0]).save(photo)
+    assert main(["remove", str(photo), "--model", str(m), "-o", str(tmp_path / "o.png")]) == 1
+    assert reason in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_good_manifest_still_loads(tiny_model_dir):
+    m = Manifest.load(tiny_model_dir / "manifest.json")
+    assert m.name == "tiny" and isinstance(m.input_size, tuple) and len(m.mean) == 3
+
+
+# --- bench: outputs checked before the work, bad sets named --------------------------------------
+@pytest.mark.parametrize("flag", ["--json", "--cache"])
+def test_bench_unwritable_output_fails_before_scoring(tiny_model_dir, fake_bench, flag, capsys):  # noqa: F811
+    bad = "/proc/edgecut-x.json" if flag == "--json" else "/proc/edgecut-cache"
+    rc = main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir), flag, bad,
+               "--no-progress"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "/proc" in _one_error(captured.err, "bench")
+    assert "grabcut" not in captured.out        # failed before the table
+
+
+def test_bench_report_refuses_an_empty_stem(tiny_model_dir, fake_bench, capsys):  # noqa: F811
+    assert main(["bench", "report", "--data", str(fake_bench), "--model", str(tiny_model_dir), "--out", "",
+                 "--no-progress"]) == 1
+    assert "give a file stem" in _one_error(capsys.readouterr().err, "bench")
+
+
+def test_a_set_without_masks_is_named(tiny_model_dir, fake_bench, capsys):  # noqa: F811
+    for p in (fake_bench / "grabcut" / "masks").iterdir():
+        p.unlink()
+    assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+                 "--no-progress"]) == 1
+    assert "no photo has a mask" in _one_error(capsys.readouterr().err, "bench")
+
+
+def test_a_mask_of_another_shape_is_skipped_on_stderr(tiny_model_dir, fake_bench, tmp_path, capsys):  # noqa: F811
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(fake_bench / "grabcut" / "masks" / "cup.png")
+    out = tmp_path / "acc.json"
+    assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+                 "--json", str(out), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "skip" not in captured.out                        # stdout holds the table alone
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("skip")]
+    assert "cup.jpg" in line and "not the photo's shape" in line and line.count("cup.jpg") == 1
+    res = json.loads(out.read_text())
+    assert res["models"][0]["sets"]["grabcut"]["images"] == 1
+
+
+def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, capsys):
+    # Any OSError a verb lets out (a disk, a permission) is reported as the user's path and reason.
+    from edgecut.runtime import commands
+
+    def boom(args):
+        raise PermissionError(13, "Permission denied", "/somewhere/out.png")
+    monkeypatch.setattr(commands, "run_models", boom)
+    assert main(["models"]) == 1
+    line = _one_error(capsys.readouterr().err, "models")
+    assert line.endswith("/somewhere/out.png: Permission denied")
