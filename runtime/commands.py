@@ -88,6 +88,10 @@ def _output_is_file(args, inputs: List[str]) -> bool:
     if looks_like_file and not single:
         raise UsageError(f"-o {out} looks like a file, but the inputs are several files or a folder; "
                          "give a folder")
+    if single and Path(out).suffix and not looks_like_file and not Path(out).exists():
+        # One photo to "cut.jpng": a typo of a file name, not a new folder of that name.
+        raise UsageError(f"-o {out}: {Path(out).suffix} is not an image type; write .png, .webp or .jpg "
+                         "(or give an existing folder)")
     return single and looks_like_file
 
 

@@ -157,3 +157,12 @@ def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert main(["models"]) == 1
     line = _one_error(capsys.readouterr().err, "models")
     assert line.endswith("/somewhere/out.png: Permission denied")
+
+
+def test_a_mistyped_output_suffix_is_a_usage_error_not_a_folder(model_zoo, photo_path, tmp_path, capsys):
+    assert main(["remove", str(photo_path), "-o", str(tmp_path / "out" / "cut.pgn")]) == 2
+    assert ".pgn is not an image type" in _one_error(capsys.readouterr().err, "remove")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "run.v2").mkdir()                      # an existing folder with a dot is still a folder
+    assert main(["remove", str(photo_path), "-o", str(tmp_path / "run.v2"), "-q"]) == 0
+    assert (tmp_path / "run.v2" / "photo.png").is_file()
