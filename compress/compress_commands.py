@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .commands import add_data_args, check_input_size, data_options, train_root
+from ..runtime.argtypes import THREADS, integer, number
+from .commands import POSITIVE, add_data_args, check_input_size, data_options, fraction_below_one, train_root
 
 
 def register(sub) -> None:
@@ -27,10 +28,10 @@ def register(sub) -> None:
 def add_finetune_args(p) -> None:
     """The distillation data and run options that prune's and qat's fine-tuning share."""
     add_data_args(p)
-    p.add_argument("--batch-size", type=int, default=0, help="default: 16 on CPU, 128 on a GPU")
-    p.add_argument("--holdout", type=float, default=0.03)
+    p.add_argument("--batch-size", type=integer(1, 65536), default=0, help="default: 16 on CPU, 128 on a GPU")
+    p.add_argument("--holdout", type=fraction_below_one, default=0.03, help="fraction held out, in [0, 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=THREADS, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda ...")
 
 
@@ -47,11 +48,11 @@ def add_prune(sub) -> None:
     target.add_argument("--target-params", type=float, metavar="F", help="fraction of the parameters to keep")
     p.add_argument("--importance", choices=IMPORTANCES, default="l1",
                    help="channel criterion: l1/l2 weight magnitude, taylor (needs photos), random, bn (BN gamma)")
-    p.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
-    p.add_argument("--steps", type=int, default=1, help="prune / fine-tune rounds, each cutting a little more")
-    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+    p.add_argument("--round-to", type=integer(1), default=8, help="keep channel counts multiples of this (default 8)")
+    p.add_argument("--steps", type=integer(1), default=1, help="prune / fine-tune rounds, each cutting a little more")
+    p.add_argument("--finetune-steps", type=integer(0), default=0, metavar="N",
                    help="distillation steps after each round (0: prune only)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak fine-tuning learning rate")
+    p.add_argument("--lr", type=POSITIVE, default=1e-3, help="peak fine-tuning learning rate")
     add_finetune_args(p)
     p.add_argument("--out", type=Path, default=None,
                    help="folder for pruned.pt and prune.json (default runs/prune/<checkpoint folder>)")
@@ -61,9 +62,10 @@ def add_prune(sub) -> None:
 
 def run_prune(args) -> int:
     from ..runtime.errors import EdgecutError
+    from ..runtime.outputs import output_folder
+    from .loaders import load_checkpoint
 
-    if not args.checkpoint.is_file():
-        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    load_checkpoint(args.checkpoint)   # missing, a folder or not a checkpoint: one line before any work
     fraction = args.target_macs if args.target_macs is not None else args.target_params
     if not 0 < fraction < 1:
         raise EdgecutError(f"a target is the fraction to keep, between 0 and 1 (got {fraction})")
@@ -82,6 +84,9 @@ def run_prune(args) -> int:
             data = data_options(args)
         except EdgecutError as e:
             raise EdgecutError(f"{e}; fine-tuning and the taylor importance need training photos") from None
+        from .distill import pick_device
+
+        pick_device(args.device)
         train_cfg = TrainConfig(**data, batch_size=args.batch_size, lr=args.lr,
                                 holdout=args.holdout, seed=args.seed, threads=args.threads, device=args.device)
     elif args.threads:
@@ -91,6 +96,7 @@ def run_prune(args) -> int:
     out = args.out or Path("runs/prune") / args.checkpoint.resolve().parent.name
     if (out / "pruned.pt").resolve() == args.checkpoint.resolve():
         raise EdgecutError(f"{out / 'pruned.pt'}: would overwrite the input checkpoint; pass another --out")
+    output_folder(out)
     pcfg = PruneConfig(target_macs=args.target_macs, target_params=args.target_params, importance=args.importance,
                        round_to=args.round_to, steps=args.steps, finetune_steps=args.finetune_steps)
     try:
@@ -106,7 +112,7 @@ def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="static int8 (QDQ) of an exported fp32 ONNX folder, with a per-layer report")
     p.add_argument("model_dir", type=Path, help="fp32 model folder from `edgecut export` (model.onnx + manifest.json)")
     p.add_argument("--calib", type=Path, default=None, help="calibration photos folder (default $EDGECUT_DATA/train)")
-    p.add_argument("--calib-n", type=int, default=128, help="number of calibration photos")
+    p.add_argument("--calib-n", type=integer(1), default=128, help="number of calibration photos")
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation range calibration")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
@@ -114,10 +120,10 @@ def add_quantize(sub) -> None:
                    help="plain quantize_static: int8 Resize and per-tensor Add scales; a little more accurate, "
                         "but x86 and ARM alphas may differ (default: exact, same on both)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="ONNX node names to leave in float")
-    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+    p.add_argument("--auto-exclude", type=integer(0), default=0, metavar="K",
                    help="mixed precision: leave the K activations with the worst int8 SQNR in float")
     p.add_argument("--report", action="store_true", help="print per-layer SQNR (fp32 vs int8), worst first")
-    p.add_argument("--report-n", type=int, default=8, help="photos for the report and --auto-exclude")
+    p.add_argument("--report-n", type=integer(1), default=8, help="photos for the report and --auto-exclude")
     p.add_argument("--report-json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--name", default=None, help="output model name (default: <input name>-int8)")
     p.add_argument("--out", type=Path, default=None, help="parent folder of OUT/NAME (default: beside MODEL_DIR)")
@@ -130,6 +136,8 @@ def run_quantize(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.imageio import write_text_atomic
     from ..runtime.manifest import Manifest
+    from ..runtime.outputs import output_file, output_folder, refuse_inputs
+    from .loaders import check_name, check_onnx
 
     manifest_path = args.model_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -137,12 +145,15 @@ def run_quantize(args) -> int:
     m = Manifest.load(manifest_path)
     if m.format != "onnx" or m.precision != "fp32":
         raise EdgecutError(f"{args.model_dir}: needs an fp32 ONNX model (this one is {m.format} {m.precision})")
-    name = args.name or f"{args.model_dir.name}-int8"
+    name = check_name(args.name) if args.name is not None else f"{args.model_dir.name}-int8"
     out = args.out or args.model_dir.parent
     if (out / name).resolve() == args.model_dir.resolve():
         raise EdgecutError(f"{out / name}: would overwrite the input model; pass another --name or --out")
-    if args.calib_n < 1 or args.report_n < 1 or args.auto_exclude < 0:
-        raise EdgecutError("--calib-n and --report-n must be at least 1, --auto-exclude at least 0")
+    check_onnx(args.model_dir / m.file)
+    if args.report_json:
+        refuse_inputs([args.report_json], [args.model_dir / m.file, manifest_path], "pass another --report-json")
+        output_file(args.report_json)
+    output_folder(out)
     from .export import calibration_photos
     from .quantize import errors_json, quantize_model, report_table
 
@@ -176,12 +187,12 @@ def run_quantize(args) -> int:
 def add_qat(sub) -> None:
     p = sub.add_parser("qat", help="quantization-aware fine-tuning by distillation, then `edgecut export --int8`")
     p.add_argument("checkpoint", type=Path, help="best.pt / last.pt from `edgecut distill`, or a pruned.pt")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--minutes", type=float, default=0, help="fit the run into this many minutes (sets --steps)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (low: the weights only adapt)")
+    p.add_argument("--steps", type=integer(1), default=2000)
+    p.add_argument("--minutes", type=number(0), default=0, help="fit the run into this many minutes (sets --steps)")
+    p.add_argument("--lr", type=POSITIVE, default=1e-4, help="peak learning rate (low: the weights only adapt)")
     p.add_argument("--input-size", type=int, default=0, metavar="PX",
                    help="fine-tune at the size the model will be exported at (default: the checkpoint's)")
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-every", type=integer(1), default=250)
     add_finetune_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/qat/<checkpoint folder>)")
     p.add_argument("--no-progress", action="store_true")
@@ -190,18 +201,18 @@ def add_qat(sub) -> None:
 
 def run_qat(args) -> int:
     from ..runtime.errors import EdgecutError
+    from ..runtime.outputs import output_folder, refuse_inputs
+    from .distill import TrainConfig, pick_device, train
+    from .loaders import load_checkpoint
 
-    if not args.checkpoint.is_file():
-        raise EdgecutError(f"{args.checkpoint}: no such checkpoint")
+    ck = load_checkpoint(args.checkpoint)
     data = data_options(args)
-    import torch
-
-    from .distill import TrainConfig, train
-
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    pick_device(args.device)
     out = args.out or f"runs/qat/{args.checkpoint.resolve().parent.name}"
     if (Path(out) / "best.pt").resolve() == args.checkpoint.resolve():
         raise EdgecutError(f"{out}: would overwrite the input checkpoint; pass another --out")
+    refuse_inputs([Path(out) / "best.pt", Path(out) / "last.pt"], [args.checkpoint], "pass another --out")
+    output_folder(out)
     cfg = TrainConfig(variant=ck["variant"], **data, out=out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
                       holdout=args.holdout, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
@@ -222,7 +233,11 @@ def add_soup(sub) -> None:
 
 
 def run_soup(args) -> int:
+    from ..runtime.outputs import output_folder, refuse_inputs
     from .soup import soup
+
+    refuse_inputs([args.out / "best.pt"], args.checkpoints, "pass another --out (a new run folder)")
+    output_folder(args.out)
 
     best = soup(args.checkpoints, args.out)
     print(f"soup of {len(args.checkpoints)} checkpoints: {best}  (then: edgecut export {best} --calibrate ...)")
@@ -244,9 +259,14 @@ def add_ensemble(sub) -> None:
 
 
 def run_ensemble(args) -> int:
+    from ..runtime.outputs import output_folder, refuse_inputs
     from .ensemble import build, parse_member
 
-    best = build([parse_member(m) for m in args.members], args.out, args.name,
+    members = [parse_member(m) for m in args.members]
+    refuse_inputs([args.out / "best.pt"], [p for p, _ in members], "pass another --out (a new run folder)")
+    output_folder(args.out)
+
+    best = build(members, args.out, args.name,
                  calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
     print(f"ensemble of {len(args.members)} students: {best}  (then: edgecut export {best} --calibrate ...)")
     return 0
@@ -269,15 +289,21 @@ def run_rewrite(args) -> int:
     from ..models import resolve
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
+    from ..runtime.outputs import output_folder
     from .export import rewrite_folder
+    from .loaders import check_name, check_onnx
 
     path, _ = resolve(args.model)
     folder = path.parent if path.is_file() else path
     if not (folder / "manifest.json").is_file():
         raise EdgecutError(f"{folder}: no manifest.json (expected a folder from `edgecut export`)")
-    name = args.name or Manifest.load(folder / "manifest.json").name or folder.name
+    man = Manifest.load(folder / "manifest.json")
+    name = check_name(args.name) if args.name is not None else (man.name or folder.name)
     if (args.out / name).resolve() == folder.resolve():
         raise EdgecutError(f"{args.out / name}: would overwrite the input model; pass another --out or --name")
+    if man.format == "onnx":
+        check_onnx(folder / man.file)
+    output_folder(args.out)
     try:
         dest, done = rewrite_folder(folder, args.out, name)
     except ValueError as e:
@@ -304,7 +330,7 @@ def add_recover(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder for the recovered best.pt (an ensemble: "
                                                            "one subfolder per member)")
     p.add_argument("--photos", type=Path, help="photos whose statistics the BatchNorms get (default: $EDGECUT_DATA/train)")
-    p.add_argument("-n", type=int, default=256, help="how many of them (sampled reproducibly)")
+    p.add_argument("-n", type=integer(1), default=256, help="how many of them (sampled reproducibly)")
     p.set_defaults(func=run_recover)
 
 
@@ -313,11 +339,18 @@ def run_recover(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
     from .distill import _save_atomic
+    from ..runtime.outputs import output_folder
     from .export import calibration_photos
+    from .loaders import check_onnx
     from .recover import recover, recover_members
 
-    path, _ = resolve(args.model)
+    path, man = resolve(args.model)
     folder = path.parent if path.is_file() else path
+    if "variant" not in (man.extra or {}):   # before --out is made: nothing written for a refusal
+        raise EdgecutError(f"{folder.name}: its manifest names no student variant (not an edgecut student?)")
+    if man.format == "onnx":
+        check_onnx(path)
+    output_folder(args.out)
     try:
         photos = calibration_photos(args.photos or train_root(), args.n)
         ensemble = bool((Manifest.load(folder / "manifest.json").extra or {}).get("ensemble"))

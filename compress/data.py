@@ -109,13 +109,47 @@ def load_pair(pair: Pair, max_side: int = 320):
     return im, al
 
 
-def load_all(pairs, max_side: int = 320, progress: bool = True):
+def _unreadable(pair: Pair, e: Exception) -> str:
+    """Which file of a pair failed to decode, and why, in one line."""
+    which = pair.image
+    try:   # was it the photo or its alpha?
+        with Image.open(pair.image) as im:
+            im.load()
+        which = pair.alpha
+    except Exception:
+        pass
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    reason = reason.replace(f"'{which}'", "").replace(str(which), "").strip(" :") or type(e).__name__
+    return f"warning: skip {which}: not a readable image ({reason[:120]})"
+
+
+def load_pairs(pairs, max_side: int = 320, progress: bool = True):
+    """-> (the pairs that decode, their tensors). A photo or alpha that does not decode (a text file
+    named .jpg, a truncated download) is skipped with one warning line on stderr naming it: one bad
+    file among thousands must not end a training run."""
+    import sys
+
     it = pairs
+    write = print
     if progress:
         from tqdm import tqdm
 
         it = tqdm(pairs, desc="loading photos", unit="img")
-    return [load_pair(p, max_side) for p in it]
+        write = tqdm.write
+    kept, samples = [], []
+    for p in it:
+        try:
+            samples.append(load_pair(p, max_side))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            write(_unreadable(p, e), file=sys.stderr)
+            continue
+        kept.append(p)
+    return kept, samples
+
+
+def load_all(pairs, max_side: int = 320, progress: bool = True):
+    """The tensors of the pairs that decode (`load_pairs`, which warns of the others)."""
+    return load_pairs(pairs, max_side, progress)[1]
 
 
 @dataclass

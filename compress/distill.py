@@ -22,11 +22,12 @@ from .data import (
     batch_stream,
     eval_tensors,
     find_pairs,
-    load_all,
+    load_pairs,
     set_weights,
     split_pairs,
 )
-from .export import student_from_checkpoint
+from ..runtime.errors import EdgecutError
+from .loaders import load_checkpoint, student_from
 from .losses import distill_loss
 
 
@@ -69,9 +70,26 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for --device; one the name or this machine cannot give is an EdgecutError."""
+    from ..runtime.errors import EdgecutError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise EdgecutError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1 ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EdgecutError(f"--device {name}: torch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EdgecutError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise EdgecutError(f"--device {name}: torch sees no MPS device")
+    elif device.type != "cpu":
+        raise EdgecutError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def batch_size_for(device: torch.device, asked: int = 0) -> int:
@@ -110,6 +128,23 @@ def _save_atomic(obj, path: Path):
     os.replace(tmp, path)
 
 
+def training_pairs(cfg: TrainConfig) -> list:
+    """The (photo, alpha) pairs a run trains on; a --sets name with no set under --data, or no pair
+    at all, is an EdgecutError naming what is missing."""
+    root = Path(cfg.data)
+    if cfg.sets:
+        have = {p.name for p in root.iterdir() if (p / "images").is_dir()} if root.is_dir() else set()
+        missing = [s for s in cfg.sets if s not in have]
+        if missing:
+            raise EdgecutError(f"--sets {','.join(missing)}: no such set under {root} "
+                               f"(sets there: {', '.join(sorted(have)) or 'none'})")
+    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots, cfg.exclude)
+    if not pairs:
+        raise EdgecutError(f"{root}: no (photo, alpha) pairs (expected <set>/images with <set>/teacher or "
+                           f"<set>/masks alphas)")
+    return pairs
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) and return the path of the best checkpoint by held-out IoU."""
     if cfg.threads:
@@ -122,28 +157,35 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         scfg = replace(scfg, input_size=cfg.input_size)
     cfg.augment.size = scfg.input_size
 
-    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots, cfg.exclude)
-    if not pairs:
-        raise SystemExit(f"no (photo, alpha) pairs under {cfg.data}")
+    pairs = training_pairs(cfg)
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
     try:
-        weights = set_weights(train_pairs, cfg.set_weights)
-    except ValueError as e:
+        set_weights(train_pairs, cfg.set_weights)
+    except ValueError as e:   # SystemExit, as tests/test_distill.py expects of this one
         raise SystemExit(f"--set-weight: {e}") from None
     device = pick_device(cfg.device)
     cfg.batch_size = batch_size_for(device, cfg.batch_size)
+
+    last = out / "last.pt"
+    start = last if last.exists() else (Path(cfg.init) if cfg.init else None)
+    ck = load_checkpoint(start) if start else None
+    if start == last:
+        if "opt" not in ck or "step" not in ck:
+            raise EdgecutError(f"{last}: not a distill run's last.pt (no optimiser state); pass another --out")
+        if ck["variant"] != cfg.variant:
+            raise EdgecutError(f"{last}: checkpoint is for another variant ({ck['variant']}, not {cfg.variant}); "
+                               f"pass another --out or the same --variant")
+    hint = ("pass another --out or the same --variant" if start == last
+            else "--init takes a checkpoint of the same --variant (or a pruned one)")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     (out / "split.json").write_text(json.dumps({
         "train": len(train_pairs), "holdout": [f"{p.set}/{p.image.name}" for p in held_pairs],
         "sets": sorted({p.set for p in pairs})}, indent=1))
 
-    last = out / "last.pt"
-    start = last if last.exists() else (Path(cfg.init) if cfg.init else None)
-    ck = torch.load(start, map_location="cpu", weights_only=False) if start else None
     # A pruned checkpoint (`edgecut compress prune`) carries its own channel counts: fine-tuning it
     # here gets distill's resume, log and best.pt for the long recovery after pruning.
     pruned = ck.get("pruned") if ck else None
-    model = student_from_checkpoint(ck, scfg) if ck else create_student(scfg)
+    model = student_from(ck, start, scfg, hint) if ck else create_student(scfg)
     model = model.to(device, memory_format=torch.channels_last)  # ~1.3x faster on CPU
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
@@ -152,7 +194,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if budget_probe:
         cfg.steps = 10**9  # fixed after the probe below
     if start == last:
-        opt.load_state_dict(ck["opt"])
+        try:
+            opt.load_state_dict(ck["opt"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise EdgecutError(f"{last}: checkpoint is for another variant/shape (optimiser state: {e}); "
+                               f"pass another --out or the same --variant") from None
         step, best = ck["step"], ck.get("best", -1.0)
         if ck.get("steps"):  # a time-budgeted run keeps the step count it fixed, so the schedule resumes
             cfg.steps, budget_probe = ck["steps"], False
@@ -166,8 +212,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.qat:
         extra["qat"] = True
 
-    samples = load_all(train_pairs, progress=progress)
-    held = load_all(held_pairs, progress=False)
+    train_pairs, samples = load_pairs(train_pairs, progress=progress)
+    if not samples:
+        raise EdgecutError(f"no usable (photo, alpha) pairs under {cfg.data}: every training photo was unreadable")
+    try:
+        weights = set_weights(train_pairs, cfg.set_weights)
+    except ValueError as e:   # every photo of a weighted set was unreadable
+        raise EdgecutError(f"--set-weight: {e}") from None
+    held_pairs, held = load_pairs(held_pairs, progress=False)
     if held:
         ex, ey = eval_tensors(held, scfg.input_size, scfg.mean, scfg.std)
     else:  # too few photos for a held-out split: "best" is simply the latest

@@ -40,12 +40,12 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
 
     if len(members) < 2:
         raise EdgecutError("an ensemble needs at least two checkpoints")
-    for path, _ in members:
-        if not path.is_file():
+    for path, _ in members:   # a folder or a file that is no checkpoint: load_student says which
+        if not path.exists():
             raise EdgecutError(f"{path}: no such checkpoint")
+    loaded = [load_student(path) for path, _ in members]   # every member readable before any is calibrated
     entries = []
-    for path, size in members:
-        model, ck = load_student(path)
+    for (path, size), (model, ck) in zip(members, loaded):
         if ck.get("ensemble"):
             raise EdgecutError(f"{path}: already an ensemble")
         size = size or model.cfg.input_size
@@ -65,7 +65,7 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
         elif calibrate_members:
             try:
                 entry["calibration"] = cal = calibrate(model, path.parent, heldout_data)
-            except FileNotFoundError as e:
+            except (FileNotFoundError, ValueError) as e:   # no run, its photos elsewhere, none held out
                 raise EdgecutError(str(e)) from None
             print(f"{path} at {size} px: {calibration_formula(cal)}, "
                   f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")

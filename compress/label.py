@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -29,7 +30,10 @@ class LabelSummary:
     failed: List[Tuple[Path, str]] = field(default_factory=list)
 
     def line(self) -> str:
-        return f"{self.written} written, {self.skipped} already done, {len(self.failed)} failed"
+        """The run in one line; the failed photos by name (the first three), each said on stderr."""
+        names = ", ".join(p.name for p, _ in self.failed[:3]) + (", ..." if len(self.failed) > 3 else "")
+        return (f"{self.written} written, {self.skipped} already done, {len(self.failed)} failed"
+                + (f" ({names})" if self.failed else ""))
 
 
 def find_images(root: Path) -> List[Path]:
@@ -114,6 +118,8 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
     if out_dir.resolve() == images_dir.resolve():
         raise EdgecutError(f"{out_dir}: output folder is the input folder; pass another --out")
     images = find_images(images_dir)
+    if not images:
+        raise EdgecutError(f"{images_dir}: no images found")
     if limit is not None:
         images = images[:limit]
     summary = LabelSummary()
@@ -131,22 +137,39 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
         try:
             rgb = load_image(image)
         except (EdgecutError, OSError, ValueError, SyntaxError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = _reason(e, image)
             summary.failed.append((image, reason))
             log(f"skip {image}: {reason}")
             continue
-        write_png_atomic(teacher_alpha(session, np.asarray(rgb)), dest)
+        alpha = teacher_alpha(session, np.asarray(rgb))
+        try:
+            write_png_atomic(alpha, dest)
+        except OSError as e:   # this label cannot be written (a folder in its place, a full disk): the next may
+            reason = f"cannot write {dest} ({e.strerror or e})"
+            summary.failed.append((image, reason))
+            log(f"skip {image}: {reason}")
+            continue
         summary.written += 1
     return summary
 
 
+def _reason(e: Exception, image: Path) -> str:
+    """The first line of an error, without the photo's name where it starts with it (the log line
+    names the photo once)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    for prefix in (f"{image}: ", f"{image.name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text or type(e).__name__
+
+
 def _log_fn(progress: bool):
-    """Messages go through tqdm.write while a bar is drawn, so they don't break the bar."""
+    """Messages go to stderr, through tqdm.write while a bar is drawn, so they don't break the bar."""
     if not progress:
-        return print
+        return lambda msg: print(msg, file=sys.stderr)
     from tqdm import tqdm
 
-    return tqdm.write
+    return lambda msg: tqdm.write(msg, file=sys.stderr)
 
 
 def _progress(items: list, enabled: bool) -> Iterable:

@@ -217,15 +217,17 @@ class FinetuneData:
 
 def load_finetune_data(cfg, model_cfg, progress: bool = True) -> FinetuneData:
     """`cfg`: a distill TrainConfig (data, sets, label roots, exclusions, hold-out, augmentation)."""
-    from .data import BatchAugmenter, eval_tensors, find_pairs, load_all, split_pairs
+    from ..runtime.errors import EdgecutError
+    from .data import BatchAugmenter, eval_tensors, load_pairs, split_pairs
+    from .distill import training_pairs
 
-    pairs = find_pairs(cfg.data, set(cfg.sets) or None, cfg.label_roots, cfg.exclude)
-    if not pairs:
-        raise FileNotFoundError(f"no (photo, alpha) pairs under {cfg.data}")
+    pairs = training_pairs(cfg)
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
     augment = replace(cfg.augment, size=model_cfg.input_size)
-    samples = load_all(train_pairs, progress=progress)
-    held = load_all(held_pairs, progress=False)
+    train_pairs, samples = load_pairs(train_pairs, progress=progress)
+    if not samples:
+        raise EdgecutError(f"no usable (photo, alpha) pairs under {cfg.data}: every training photo was unreadable")
+    _, held = load_pairs(held_pairs, progress=False)
     aug = BatchAugmenter(samples, augment, model_cfg.mean, model_cfg.std, seed=cfg.seed)
     ev = eval_tensors(held, model_cfg.input_size, model_cfg.mean, model_cfg.std) if held else None
     return FinetuneData(aug, ev, len(train_pairs))

@@ -42,10 +42,13 @@ def average(checkpoints: list[dict]) -> dict:
 def soup(paths: list[Path], out: Path) -> Path:
     if len(paths) < 2:
         raise EdgecutError("a soup needs at least two checkpoints")
-    for p in paths:
-        if not Path(p).is_file():
-            raise EdgecutError(f"{p}: no such checkpoint")
-    ck = average([torch.load(p, map_location="cpu", weights_only=False) for p in paths])
+    from .loaders import load_checkpoint
+
+    cks = [load_checkpoint(p) for p in paths]   # missing, a folder or not a checkpoint: one line each
+    for p, c in zip(paths, cks):
+        if c.get("ensemble"):
+            raise EdgecutError(f"{p}: an ensemble; a soup averages single students")
+    ck = average(cks)
     ck["soup"] = [str(p) for p in paths]
     return save_run(ck, out, like=Path(paths[0]).parent)
 

@@ -1,0 +1,309 @@
+"""Bad input to the compression verbs (label, distill, export, fetch-teacher, compress ...): one line
+naming the file and the reason and a non-zero exit, never a traceback; outputs never replace inputs;
+a folder run carries on past a bad file and says which."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import REPO, block_photos, labelled_set  # noqa: E402
+
+from edgecut.cli import main  # noqa: E402
+from edgecut.compress.export import export_onnx  # noqa: E402
+from edgecut.models.student import StudentConfig, create_student  # noqa: E402
+from edgecut.models.variants import register  # noqa: E402
+
+TINY = register(StudentConfig(name="test-badin", input_size=32, width=0.25, context_channels=8,
+                              decoder_channels=(8, 8, 8, 8)))
+WIDE = register(StudentConfig(name="test-badin-wide", input_size=32, width=0.5, context_channels=16,
+                              decoder_channels=(16, 8, 8, 8)))
+FAST = REPO / "models" / "embedded" / "edgecut-fast"
+
+
+def _run(folder: Path, data: Path, cfg=TINY, seed: int = 0, holdout: float = 0.0) -> Path:
+    """A run folder as distill leaves it: best.pt and a config.json naming its photos."""
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True)
+    torch.save({"model": create_student(cfg).state_dict(), "variant": cfg.name, "step": 1}, folder / "best.pt")
+    (folder / "config.json").write_text(json.dumps({"variant": cfg.name, "data": str(data), "holdout": holdout}))
+    return folder / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory):
+    """Shared inputs: a train root, two runs, an exported fp32 folder, photos, a text file."""
+    root = tmp_path_factory.mktemp("badin")
+    data = root / "train"
+    labelled_set(data / "s", 6)
+    ns = type("W", (), {})()
+    ns.root, ns.data = root, data
+    ns.a = _run(root / "A", data, seed=0)
+    ns.b = _run(root / "B", data, seed=1)
+    torch.manual_seed(0)
+    ns.fp32 = export_onnx(create_student(TINY).eval(), root / "export", "tiny-fp32")
+    ns.photos = root / "photos"
+    block_photos(ns.photos, 4)
+    ns.text = root / "notes.txt"
+    ns.text.write_text("not a model\n")
+    ns.afile = root / "afile"
+    ns.afile.write_text("a file where a folder should be\n")
+    return ns
+
+
+def fails(capsys, argv, *needles, code=1):
+    """main(argv) exits `code` with one line on stderr naming each needle, and no traceback."""
+    if code == 2:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    else:
+        assert main(argv) == code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    if code == 2:   # argparse: usage, then the one error line
+        assert lines and "error: argument" in lines[-1], err
+        line = lines[-1]
+    else:
+        assert len(lines) == 1, err
+        line = lines[0]
+        assert line.startswith(f"edgecut {argv[0]}: error: "), line
+    for n in needles:
+        assert str(n) in line, (n, line)
+    return line
+
+
+def snapshot(*paths) -> dict:
+    files = [f for p in paths for f in ([p] if Path(p).is_file() else sorted(Path(p).rglob("*"))) if f.is_file()]
+    return {f: f.read_bytes() for f in files}
+
+
+# --- 1. output folders that cannot be made, checked before any work ----------------------------------
+def test_outputs_that_cannot_be_written_are_one_line(w, tiny_model_dir, capsys):
+    d, f = str(w.data), str(w.afile)
+    cases = [
+        ["label", str(w.photos), "--teacher", str(tiny_model_dir), "--out", f, "--no-progress"],
+        ["distill", "--variant", TINY.name, "--data", d, "--out", f, "--steps", "1", "--no-progress"],
+        ["export", str(w.a), "--name", "x", "--out", f],
+        ["compress", "qat", str(w.a), "--data", d, "--out", f, "--steps", "1", "--no-progress"],
+        ["compress", "prune", str(w.a), "--target-macs", "0.5", "--out", f, "--no-progress"],
+        ["compress", "soup", str(w.a), str(w.b), "--out", f],
+        ["compress", "ensemble", str(w.a), str(w.b), "--out", f, "--no-calibrate-members"],
+        ["compress", "rewrite", str(w.fp32), "--out", f],
+        ["compress", "recover", str(w.fp32), "--out", f, "--photos", str(w.photos), "-n", "2"],
+        ["compress", "quantize", str(w.fp32), "--calib", str(w.photos), "--out", f],
+        ["fetch-teacher", "--dir", f],
+    ]
+    for argv in cases:
+        fails(capsys, argv, f, "is a file")
+    fails(capsys, ["export", str(w.a), "--name", "x", "--out", "/proc/edgecut-no/x"], "cannot write")
+    fails(capsys, ["compress", "quantize", str(w.fp32), "--calib", str(w.photos), "--out", str(w.root / "q"),
+                   "--report", "--report-json", str(w.photos)], "is a directory")
+    assert w.afile.read_text().startswith("a file") and not (w.root / "q").exists()
+
+
+# --- 2. outputs over inputs ---------------------------------------------------------------------------
+def test_outputs_never_replace_inputs(w, tmp_path, capsys):
+    sh = tmp_path / "sh"
+    shutil.copytree(FAST, sh / "good")
+    run = tmp_path / "in2"
+    best = _run(run, w.data)
+    a, b = _run(tmp_path / "A", w.data), _run(tmp_path / "B", w.data, seed=1)
+    before = snapshot(sh, run, a, b)
+    fails(capsys, ["export", str(sh / "good"), "--out", str(sh), "--name", "good"], "would overwrite the input")
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(w.data), "--init", str(best), "--out", str(run),
+                   "--steps", "1", "--no-progress"], "would overwrite the input")
+    fails(capsys, ["compress", "soup", str(a), str(b), "--out", str(a.parent)], "would overwrite the input")
+    fails(capsys, ["compress", "ensemble", str(a), str(b), "--out", str(a.parent)], "would overwrite the input")
+    assert snapshot(sh, run, a, b) == before
+
+
+# --- 3. missing and corrupt checkpoints ----------------------------------------------------------------
+def test_checkpoints_that_are_not_checkpoints_are_one_line(w, tmp_path, capsys):
+    junk = tmp_path / "x.pt"
+    junk.write_text("this is not a checkpoint\n")
+    d = str(w.data)
+    for bad, why in ((junk, "not an edgecut checkpoint"), (tmp_path / "missing.pt", "no such checkpoint"),
+                     (tmp_path, "is a folder")):
+        for argv in (["distill", "--variant", TINY.name, "--data", d, "--init", str(bad), "--out",
+                      str(tmp_path / "r"), "--steps", "1", "--no-progress"],
+                     ["compress", "prune", str(bad), "--target-macs", "0.5", "--out", str(tmp_path / "p")],
+                     ["compress", "qat", str(bad), "--data", d, "--out", str(tmp_path / "q"), "--steps", "1"],
+                     ["compress", "soup", str(w.a), str(bad), "--out", str(tmp_path / "s")],
+                     ["compress", "ensemble", str(w.a), str(bad), "--out", str(tmp_path / "e")]):
+            fails(capsys, argv, bad, why)
+    fails(capsys, ["export", str(junk), "--name", "x", "--out", str(tmp_path / "o")], junk, "not an edgecut checkpoint")
+    assert not (tmp_path / "o" / "x").exists() and not (tmp_path / "p" / "pruned.pt").exists()
+
+
+def test_distill_resume_refuses_a_junk_last_pt_or_another_variant(w, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["distill", "--variant", TINY.name, "--data", str(w.data), "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--eval-every", "2", "--ckpt-every", "2", "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    last = (out / "last.pt").read_bytes()
+    fails(capsys, [*argv[:2], WIDE.name, *argv[3:]], out / "last.pt", "another variant", "same --variant")
+    assert (out / "last.pt").read_bytes() == last
+    for junk in (b"", b"junk junk junk"):
+        (out / "last.pt").write_bytes(junk)
+        fails(capsys, argv, out / "last.pt", "not an edgecut checkpoint")
+    # --init of another variant's shapes: the size mismatch in one line
+    fails(capsys, ["distill", "--variant", WIDE.name, "--data", str(w.data), "--init", str(w.a), "--out",
+                   str(tmp_path / "wide"), "--steps", "1", "--no-progress"], w.a, "another variant/shape")
+
+
+# --- 4. one bad training photo -------------------------------------------------------------------------
+def test_a_bad_training_photo_is_skipped_with_one_warning(w, tmp_path, capsys):
+    data = tmp_path / "train"
+    shutil.copytree(w.data, data)
+    bad = data / "s" / "images" / "9.jpg"
+    bad.write_text("not a jpeg\n")
+    shutil.copyfile(data / "s" / "teacher" / "0.png", data / "s" / "teacher" / "9.png")
+    common = ["--data", str(data), "--batch-size", "2", "--threads", "1", "--holdout", "0", "--no-progress"]
+    for argv in (["distill", "--variant", TINY.name, "--out", str(tmp_path / "d"), "--steps", "1", *common],
+                 ["compress", "qat", str(w.a), "--out", str(tmp_path / "q"), "--steps", "1", *common],
+                 ["compress", "prune", str(w.a), "--target-macs", "0.9", "--importance", "taylor",
+                  "--out", str(tmp_path / "p"), *common]):
+        assert main(argv) == 0, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("warning: skip") and str(bad) in err[0], err
+    for img in (data / "s" / "images").iterdir():   # none usable: an error, not an empty run
+        img.write_text("not a jpeg\n")
+    out = capsys.readouterr()
+    assert main(["distill", "--variant", TINY.name, "--out", str(tmp_path / "d2"), "--steps", "1", *common]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: no usable (photo, alpha) pairs" in err.strip().splitlines()[-1]
+    del out
+
+
+# --- 5. numeric options, devices, folders ----------------------------------------------------------------
+@pytest.mark.parametrize("opt", [["--eval-every", "0"], ["--ckpt-every", "0"], ["--batch-size", "-1"],
+                                 ["--batch-size", "0"], ["--lr", "-1"], ["--lr", "nan"], ["--holdout", "1"],
+                                 ["--holdout", "2"], ["--holdout", "-1"], ["--threads", "-1"], ["--workers", "-1"],
+                                 ["--warmup", "-1"], ["--steps", "0"], ["--steps", "-1"]])
+def test_distill_refuses_bad_numbers_as_usage_errors(w, tmp_path, capsys, opt):
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(w.data), "--out", str(tmp_path / "r"), *opt],
+          opt[0], code=2)
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_verbs_refuse_bad_numbers(w, tmp_path, tiny_model_dir, capsys):
+    d = str(w.data)
+    for argv in (["compress", "qat", str(w.a), "--data", d, "--eval-every", "0"],
+                 ["compress", "qat", str(w.a), "--data", d, "--lr", "nan"],
+                 ["compress", "qat", str(w.a), "--data", d, "--holdout", "1"],
+                 ["compress", "prune", str(w.a), "--target-macs", "0.5", "--threads", "-1"],
+                 ["compress", "prune", str(w.a), "--target-macs", "0.5", "--batch-size", "0"],
+                 ["export", str(w.a), "--name", "x", "--calib-n", "0"],
+                 ["export", str(w.a), "--name", "x", "--calib-n", "-1"],
+                 ["label", str(w.photos), "--teacher", str(tiny_model_dir), "--limit", "-1"],
+                 ["label", str(w.photos), "--teacher", str(tiny_model_dir), "--threads", "-1"],
+                 ["compress", "recover", str(w.fp32), "--out", str(tmp_path / "r"), "-n", "0"]):
+        fails(capsys, argv, code=2)
+    run = ["distill", "--variant", TINY.name, "--data", d, "--out", str(tmp_path / "r"), "--steps", "1"]
+    fails(capsys, [*run, "--input-size", "100000"], "--input-size 100000", "at most 2048")
+    fails(capsys, [*run, "--device", "bogus"], "--device bogus")
+    if not torch.cuda.is_available():
+        fails(capsys, [*run, "--device", "cuda"], "--device cuda: torch sees no CUDA device")
+        fails(capsys, ["compress", "qat", str(w.a), "--data", d, "--device", "cuda", "--out", str(tmp_path / "q")],
+              "torch sees no CUDA device")
+    fails(capsys, [*run, "--label-root", str(tmp_path / "nope")], "--label-root", "no such folder")
+    fails(capsys, ["export", str(w.a), "--name", "x", "--out", str(tmp_path / "o"), "--input-size", "4096"],
+          "at most 2048")
+    assert not (tmp_path / "r").exists()
+
+
+# --- 6. nothing held out to calibrate on ---------------------------------------------------------------
+def test_calibrating_without_held_out_photos_is_one_line(w, tmp_path, capsys):
+    fails(capsys, ["export", str(w.a), "--name", "c", "--calibrate", "--out", str(tmp_path / "o")],
+          "no held-out photos to calibrate on")
+    fails(capsys, ["compress", "ensemble", str(w.a), str(w.b), "--out", str(tmp_path / "e")],
+          "no held-out photos to calibrate on")
+    assert not (tmp_path / "e" / "best.pt").exists()
+
+
+# --- 7. a text file as model.onnx ----------------------------------------------------------------------
+def test_a_text_file_as_model_onnx_is_one_line(w, tmp_path, capsys):
+    fake = tmp_path / "fake"
+    shutil.copytree(w.fp32, fake)
+    (fake / "model.onnx").write_text("this is not an onnx model, just text\n")
+    before = snapshot(fake)
+    for argv in (["export", str(fake), "--name", "y", "--out", str(tmp_path / "o"), "--calib", str(w.photos)],
+                 ["compress", "rewrite", str(fake), "--out", str(tmp_path / "o")],
+                 ["compress", "recover", str(fake), "--out", str(tmp_path / "r"), "--photos", str(w.photos)],
+                 ["compress", "quantize", str(fake), "--calib", str(w.photos), "--out", str(tmp_path / "o")]):
+        fails(capsys, argv, fake / "model.onnx", "not an ONNX model")
+    assert snapshot(fake) == before
+
+
+# --- 8. label: a write failure, where its messages go, an empty folder ------------------------------------
+def test_label_carries_on_past_a_label_it_cannot_write(w, tiny_model_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    block_photos(photos, 3)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "labels"
+    (out / "p1.png").mkdir(parents=True)    # where p1's label should go
+    assert main(["label", str(photos), "--teacher", str(tiny_model_dir), "--out", str(out), "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert "Traceback" not in cap.err and len(err) == 2, err
+    assert all(line.startswith("skip ") for line in err)
+    broken = next(line for line in err if "broken.jpg" in line)
+    assert broken.count("broken.jpg") == 1
+    assert any("p1.png" in line and "cannot write" in line for line in err)
+    assert "skip" not in cap.out and "2 written" in cap.out and "2 failed" in cap.out
+    assert (out / "p0.png").is_file() and (out / "p2.png").is_file() and (out / "p1.png").is_dir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(capsys, ["label", str(empty), "--teacher", str(tiny_model_dir), "--out", str(tmp_path / "l2")],
+          empty, "no images found")
+
+
+# --- 9. fetch-teacher --tarball ------------------------------------------------------------------------
+def test_fetch_teacher_tarball_problems_are_one_line(w, tmp_path, capsys):
+    no_res = tmp_path / "other.tgz"
+    with tarfile.open(no_res, "w:gz") as tar:
+        blob = b'{"name": "something else"}'
+        info = tarfile.TarInfo("package/package.json")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    cache = tmp_path / "cache"
+    for tgz, why in ((tmp_path / "missing.tgz", "no such file"), (tmp_path, "is a folder"),
+                     (w.text, "not a tar archive"), (no_res, "package/dist/resources.json")):
+        fails(capsys, ["fetch-teacher", "--dir", str(cache), "--tarball", str(tgz)], tgz, why)
+    assert not any(cache.rglob("model.onnx*"))
+
+
+# --- 10. export: names, --default, a failed int8 step ------------------------------------------------------
+def test_export_refuses_bad_names_and_cleans_up_a_failed_int8(w, tmp_path, capsys):
+    out = tmp_path / "deep" / "out"
+    for name in ("../../escape", "", "a/b", ".."):
+        fails(capsys, ["export", str(w.a), "--name", name, "--out", str(out)], "--name")
+    assert not (tmp_path / "escape").exists()
+    fails(capsys, ["export", str(w.a), "--name", "x", "--out", str(out), "--default"], "--default", "--embed")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "bad.jpg").write_text("not a photo\n")
+    line = fails(capsys, ["export", str(w.a), "--name", "q", "--out", str(out), "--int8", "--calib", str(calib),
+                          "--calib-n", "1"], "bad.jpg")
+    capsys.readouterr()
+    assert "not an image" in line
+    assert (out / "q" / "model.onnx").is_file() and not (out / "q-int8").exists()
+
+
+# --- 11. --sets naming no set ------------------------------------------------------------------------------
+def test_distill_names_the_missing_sets(w, tmp_path, capsys):
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(w.data), "--sets", "nosuch,s,other",
+                   "--out", str(tmp_path / "r"), "--steps", "1"], "--sets nosuch,other", "no such set", "(sets there: s)")
+    empty = tmp_path / "empty-train"
+    empty.mkdir()
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(empty), "--out", str(tmp_path / "r"),
+                   "--steps", "1"], "no (photo, alpha) pairs")
