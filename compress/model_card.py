@@ -179,8 +179,27 @@ def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> 
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
+def read_bench(path) -> dict:
+    """The results of `edgecut bench accuracy --json`, or an EdgecutError saying why a file is not."""
+    from ..runtime.errors import EdgecutError
+
+    try:
+        bench = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EdgecutError(f"{path}: not a bench JSON ({getattr(e, 'msg', None) or 'not UTF-8 text'})") from None
+    models = bench.get("models") if isinstance(bench, dict) else None
+    ok = isinstance(models, list) and models and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("sets"), dict)
+        and isinstance(m.get("mean"), dict) and all(isinstance(v, dict) for v in m["sets"].values())
+        for m in models)
+    if not ok:
+        raise EdgecutError(f"{path}: not the results of `edgecut bench accuracy --json` "
+                           "(needs models, each with name, sets and mean)")
+    return bench
+
+
 def write(folder, bench_json=None, command: str = "") -> Path:
     folder = Path(folder)
     manifest = Manifest.load(folder / "manifest.json")
-    bench = json.loads(Path(bench_json).read_text()) if bench_json else None
+    bench = read_bench(bench_json) if bench_json else None
     return write_text_atomic(folder / "MODEL_CARD.md", render(manifest, bench, command))

@@ -307,3 +307,15 @@ def test_distill_names_the_missing_sets(w, tmp_path, capsys):
     empty.mkdir()
     fails(capsys, ["distill", "--variant", TINY.name, "--data", str(empty), "--out", str(tmp_path / "r"),
                    "--steps", "1"], "no (photo, alpha) pairs")
+
+
+@pytest.mark.parametrize("text", ["", "{bad", '{"x": 1}', "[1]", '{"models": [{}]}'])
+def test_model_card_refuses_a_file_that_is_not_bench_results(tmp_path, text, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(FAST, folder)
+    card = (folder / "MODEL_CARD.md").read_bytes()
+    (tmp_path / "b.json").write_text(text)
+    assert main(["model-card", str(folder), "--bench", str(tmp_path / "b.json")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and "b.json: not" in err
+    assert (folder / "MODEL_CARD.md").read_bytes() == card
