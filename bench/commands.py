@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..runtime.argtypes import MAX_THREADS, THREADS, integer, number
 from ..runtime.errors import EdgecutError
-from ..runtime.outputs import output_file, output_folder
+from ..runtime.outputs import output_file, output_folder, refuse_inputs
 
 
 def register(sub) -> None:
@@ -68,11 +68,26 @@ def _size(text: str):
     return w, h
 
 
+def _model_paths(args) -> list:
+    """The files and folders behind --model/--reference/--teacher-path: what no output may replace."""
+    specs = list(args.model or []) + [getattr(args, "reference", None), args.teacher_path]
+    paths = []
+    for spec in filter(None, specs):
+        spec = spec[:-len("+tta")] if spec.endswith("+tta") else spec
+        p = Path(spec.split(":", 1)[1] if spec.startswith("teacher:") else spec).expanduser()
+        if p.exists():
+            paths += [p, p.with_name("manifest.json")] if p.is_file() else [p]
+    return paths
+
+
 def _check_outputs(args, files=()) -> None:
-    """Every path the verb will write, checked before the models run (a report takes half an hour)."""
-    for f in (args.json, *files):
-        if f is not None:
-            output_file(f)
+    """Every path the verb will write, checked before the models run (a report takes half an hour),
+    and none of them may be a model file or manifest the verb reads."""
+    files = [f for f in (args.json, *files) if f is not None]
+    for f in files:
+        output_file(f)
+    refuse_inputs(files + [f.with_suffix(".txt") for f in files], _model_paths(args),
+                  hint="write the results elsewhere (--json / --out)")
     if args.json is None:
         from .report import default_json_path
 
@@ -191,7 +206,8 @@ def run_report(args) -> int:
     stem = args.out
     if stem.name in ("", ".", ".."):
         raise EdgecutError(f"--out {str(stem)!r}: give a file stem, e.g. runs/bench/report")
-    _check_outputs(args, [stem.with_suffix(".md"), stem.with_suffix(".png")])
+    _check_outputs(args, [stem.with_suffix(".md"), stem.with_suffix(".png")]
+                   + ([] if args.json else [stem.with_suffix(".json")]))
     res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
                                progress=not args.no_progress, min_seconds=args.min_time)
     md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])

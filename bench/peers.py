@@ -88,9 +88,15 @@ def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] 
                     raise KeyError(peer.member)
                 with open(work / peer.manifest.file, "wb") as f:
                     shutil.copyfileobj(src, f)
+        except tarfile.ReadError:
+            raise EdgecutError(f"{tgz}: not a tar archive (an `npm pack` .tgz)") from None
         except (KeyError, tarfile.TarError) as e:
             raise EdgecutError(f"{tgz}: no {peer.member} in the package ({e})") from None
         model = work / peer.manifest.file
+        with open(model, "rb") as f:
+            head = f.read(8)
+        if model.suffix == ".tflite" and head[4:8] != b"TFL3":   # the flatbuffer's file identifier
+            raise EdgecutError(f"{tgz}: {peer.member} is not a TFLite model; the cached peer is left as it was")
         dataclasses.replace(peer.manifest, sha256=sha256_of(model)).save(work / "manifest.json")
         if dest.exists():
             shutil.rmtree(dest)

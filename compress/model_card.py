@@ -114,12 +114,15 @@ def _pruning_line(m: Manifest):
 def render(manifest: Manifest, bench: dict | None = None, command: str = "") -> str:
     q = manifest.extra.get("quantization", {})
     members = manifest.extra.get("ensemble") or []
-    what = (f"An ensemble of {len(members)} students, `{manifest.architecture}` ({manifest.params:,} parameters in all, "
-            f"{manifest.macs / 1e6:.0f}M MACs at {manifest.input_size[1]}x{manifest.input_size[0]}), in one graph: each "
+    # A hand-written manifest may leave params and macs out (null): the card says so, not a traceback.
+    params = f"{manifest.params:,}" if manifest.params is not None else "an unrecorded number of"
+    macs = f"{manifest.macs / 1e6:.0f}M" if manifest.macs is not None else "unrecorded"
+    size = f"{manifest.input_size[1]}x{manifest.input_size[0]}"
+    what = (f"An ensemble of {len(members)} students, `{manifest.architecture}` ({params} parameters in all, "
+            f"{macs} MACs at {size}), in one graph: each "
             "member sees the photo at its own size and their logits are averaged. It"
             if members else
-            f"An `{manifest.architecture}` student ({manifest.params:,} parameters, {manifest.macs / 1e6:.0f}M MACs at "
-            f"{manifest.input_size[1]}x{manifest.input_size[0]}) that")
+            f"An `{manifest.architecture}` student ({params} parameters, {macs} MACs at {size}) that")
     lines = [
         f"# {manifest.name}",
         "",

@@ -43,11 +43,19 @@ def _embedded() -> dict:
     return {d.name: d for d in sorted(root.iterdir()) if (d / "manifest.json").is_file()}
 
 
-def list_models() -> List[Manifest]:
-    """Manifests of the embedded models, sorted by name (name = the folder name)."""
+def list_models(problems: Optional[List[str]] = None) -> List[Manifest]:
+    """Manifests of the embedded models, sorted by name (name = the folder name). With a
+    `problems` list, a model whose manifest does not load is reported there and left out, so one
+    broken folder in a private zoo does not hide the others; without one, it raises."""
     out = []
     for name, folder in _embedded().items():
-        m = _load_manifest(folder / "manifest.json")
+        try:
+            m = _load_manifest(folder / "manifest.json")
+        except EdgecutError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+            continue
         m.name = name
         out.append(m)
     return out
@@ -59,8 +67,11 @@ def default_model() -> Optional[str]:
     marker = embedded_dir() / "DEFAULT"
     if marker.is_file():
         name = marker.read_text(encoding="utf-8").strip()
-        if name in names:
-            return name
+        if name not in names:
+            # Falling back to another model would cut photos out with a model nobody chose.
+            raise EdgecutError(f"{marker}: names {name!r}, which is not an embedded model "
+                               f"(available: {', '.join(names) or 'none'})")
+        return name
     return names[0] if names else None
 
 

@@ -95,6 +95,10 @@ def remove(image, session: Optional[Session] = None, *, mask: bool = False, bg=N
     inference time, a cleaner matte (see Session).
     """
     render = compositor(mask, bg)
+    if isinstance(session, (str, os.PathLike)):      # remove(img, session="edgecut-fast"): a model name
+        session = get_session(session, tta=True) if tta else get_session(session)
+    elif session is not None and not isinstance(session, Session):
+        raise TypeError(f"session must be an edgecut Session or a model name, got {type(session).__name__}")
     session = session or (get_session(model, tta=True) if tta else get_session(model))
     photo = load_image(image)
     return render(photo, session.alpha(photo, refine=refine))

@@ -59,7 +59,7 @@ def _scan(folder: Path, exclude: Optional[Path]) -> List[Path]:
         root_p = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not (exclude and _same(root_p / d, exclude)))
-        found.extend(root_p / f for f in sorted(files) if _is_image(f))
+        found.extend(root_p / f for f in sorted(files) if _is_image(f) and (root_p / f).is_file())
     return found
 
 
@@ -254,6 +254,8 @@ def run_remove(args) -> int:
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit reports these
     input_paths = {os.path.realpath(j.src) for j in jobs if j.src is not None}
+    if args.bg is not None and Path(args.bg).is_file():   # the background photo is an input too
+        input_paths.add(os.path.realpath(args.bg))
     # An output that is an input is not "done before": it fails in _process, one line per file.
     done_before = [not args.overwrite and j.dst is not None and j.dst.exists()
                    and os.path.realpath(j.dst) not in input_paths for j in jobs]
@@ -324,10 +326,13 @@ def run_models(args) -> int:
     from ..models import default_model, embedded_dir, list_models, resolve
     from .cpu import int8_dot
 
-    models = list_models()
+    problems: List[str] = []
+    models = list_models(problems)
+    for line in problems:
+        print(f"edgecut models: error: {line}", file=sys.stderr)
     if not models:
         print(f"no embedded models in {embedded_dir()}", file=sys.stderr)
-        return 0
+        return 1 if problems else 0
     default = default_model()
     rows = [("", "name", "format", "precision", "input", "size", "params")]
     for m in models:
@@ -345,7 +350,7 @@ def run_models(args) -> int:
     if dot.startswith("none"):
         print("  (int8 runs several times slower without dot-product instructions: on an x86 CPU with "
               "AVX2 alone the default took 24 ms against 6.7 ms with VNNI; edgecut-fast is the model for live use)")
-    return 0
+    return 1 if problems else 0
 
 
 # ---------------------------------------------------------------- registration

@@ -5,6 +5,8 @@ All blending is Pillow's integer compositing in C (out = (fg * a + bg * (255 - a
 """
 from __future__ import annotations
 
+import numbers
+
 from typing import Optional, Union
 
 import numpy as np
@@ -54,7 +56,10 @@ def to_rgba(photo: Photo, alpha, clear_hidden: bool = True) -> Image.Image:
 
 def parse_color(color) -> tuple:
     """Any Pillow colour ('white', '#0a0', 'rgb(0,128,255)') or an (r, g, b) tuple -> (r, g, b)."""
-    if isinstance(color, (tuple, list)) and len(color) >= 3:
+    if isinstance(color, (tuple, list)):
+        if len(color) not in (3, 4) or not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255 for c in color):
+            raise EdgecutError(f"not a colour: {tuple(color)!r} (use (r, g, b), each 0-255)")
         return tuple(int(c) for c in color[:3])
     try:
         return ImageColor.getrgb(str(color))[:3]

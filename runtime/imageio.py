@@ -112,6 +112,8 @@ def _open_source(src, name: str):
             raise EdgecutError(f"{name}: no such file")
         if path.is_dir():
             raise EdgecutError(f"{name}: is a directory")
+        if not path.is_file():   # a FIFO or device: opening it would wait for a writer forever
+            raise EdgecutError(f"{name}: not a regular file (a pipe or device); use - for stdin")
         try:
             f = open(path, "rb")
         except OSError as e:

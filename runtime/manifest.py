@@ -59,6 +59,13 @@ class Manifest:
                 kw[k] = _numbers(kw[k], k, (3,))
         if any(v == 0 for v in kw.get("std", (1,))):
             raise ValueError("'std' must not contain 0")
+        for k in ("params", "macs"):
+            v = kw.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{k!r} must be a whole number or null, got {v!r}")
+        for k in ("architecture", "sha256", "teacher", "data", "license", "notes"):
+            if kw.get(k) is not None and not isinstance(kw[k], str):
+                raise ValueError(f"{k!r} must be a string, got {kw[k]!r}")
         if "extra" in kw and not isinstance(kw["extra"], dict):
             raise ValueError("'extra' must be an object")
         return cls(**kw)

@@ -5,6 +5,7 @@ manifest, so one code path serves the shipped student, a user's own export, or t
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -12,6 +13,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from .argtypes import MAX_THREADS
 from .backends import open_backend
 from .errors import EdgecutError
 from .manifest import Manifest
@@ -75,11 +77,15 @@ def _check(m: Manifest, where) -> None:
 
 def _as_pil(photo: PhotoLike) -> Image.Image:
     if isinstance(photo, Image.Image):
+        if 0 in photo.size:
+            raise EdgecutError(f"empty image ({photo.size[0]}x{photo.size[1]})")
         return photo if photo.mode == "RGB" else photo.convert("RGB")
     arr = np.asarray(photo)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise EdgecutError(f"expected an HxWx3 uint8 array, got {arr.dtype} {arr.shape} "
                            "(edgecut.runtime.load_image converts other images)")
+    if 0 in arr.shape:
+        raise EdgecutError(f"empty image ({arr.shape[1]}x{arr.shape[0]})")
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
@@ -94,6 +100,10 @@ class Session:
     def __init__(self, model: Union[str, os.PathLike] = "default", threads: Optional[int] = None,
                  manifest: Optional[Manifest] = None, upsample: GuidedUpsample = GuidedUpsample(),
                  tta: bool = False):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise EdgecutError(f"threads must be a whole number from 1 to {MAX_THREADS} (or None: all cores), "
+                               f"got {threads!r}")
         self.model_path, self.manifest = _locate(model, manifest)
         _check(self.manifest, self.model_path)
         self.threads = threads

@@ -166,3 +166,129 @@ def test_a_mistyped_output_suffix_is_a_usage_error_not_a_folder(model_zoo, photo
     (tmp_path / "run.v2").mkdir()                      # an existing folder with a dot is still a folder
     assert main(["remove", str(photo_path), "-o", str(tmp_path / "run.v2"), "-q"]) == 0
     assert (tmp_path / "run.v2" / "photo.png").is_file()
+
+
+# --- second round: inputs that outputs must not replace, odd files, the Python API ---------------
+@pytest.mark.parametrize("argv_tail", [
+    ["accuracy", "--sets", "grabcut", "--json", "{m}/model.onnx"],
+    ["latency", "--runs", "1", "--min-time", "0", "--no-rss", "--json", "{m}/manifest.json"],
+    ["report", "--sets", "grabcut", "--runs", "1", "--min-time", "0", "--out", "{m}/manifest"],
+])
+def test_bench_never_writes_over_the_model_it_reads(tiny_model_dir, fake_bench, tmp_path, argv_tail, capsys):  # noqa: F811
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    before = _digest(m)
+    verb, *rest = argv_tail
+    argv = ["bench", verb, "--model", str(m), "--no-progress", *[a.format(m=m) for a in rest]]
+    if verb != "latency":
+        argv += ["--data", str(fake_bench)]
+    assert main(argv) == 1
+    assert "would overwrite the input" in _one_error(capsys.readouterr().err, "bench")
+    assert _digest(m) == before
+
+
+def test_remove_never_writes_over_the_background_photo(model_zoo, photo_path, tmp_path, capsys):
+    bg = tmp_path / "bg.jpg"
+    Image.fromarray(synthetic_photo(seed=3)[0]).save(bg, quality=90)
+    before = bg.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["remove", str(photo_path), "--bg", str(bg), "-o", str(bg), *extra]) == 1
+        assert "refusing to overwrite an input" in _one_error(capsys.readouterr().err, "remove")
+    assert bg.read_bytes() == before
+
+
+def test_a_pipe_named_like_a_photo_is_skipped_in_folders_and_refused_alone(model_zoo, tmp_path, capsys):
+    import os
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    Image.fromarray(synthetic_photo()[0]).save(d / "ok.jpg", quality=90)
+    os.mkfifo(d / "pipe.jpg")                        # opening it would wait for a writer forever
+    assert main(["remove", str(d), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ok.png"]
+    assert main(["remove", str(d / "pipe.jpg"), "-o", str(tmp_path / "p.png")]) == 1
+    assert "not a regular file" in _one_error(capsys.readouterr().err, "remove")
+
+
+def test_the_python_api_names_bad_arguments(model_zoo):
+    from edgecut import remove
+    from edgecut.runtime import Session
+
+    s = Session("tiny")
+    for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0))):
+        with pytest.raises(EdgecutError, match="empty image"):
+            s.alpha(bad)
+    with pytest.raises(EdgecutError, match="empty image"):
+        s.infer(np.zeros((0, 0, 3), np.uint8))
+    for threads in ("x", 0, -1, 1.5, 10**9, True):
+        with pytest.raises(EdgecutError, match="threads must be a whole number"):
+            Session("tiny", threads=threads)
+    assert Session("tiny", threads=np.int64(2)).threads == 2
+    photo = synthetic_photo()[0]
+    for color in ((300, 0, 0), (-1, 0, 0), (1, 2, 3, 4, 5), (1.5, 2, 3)):
+        with pytest.raises(EdgecutError, match="not a colour"):
+            remove(photo, bg=color)
+    assert remove(photo, bg=(10, 20, 30)).mode == "RGB"
+    assert remove(photo, session="tiny").mode == "RGBA"      # a model name where a session goes
+    with pytest.raises(TypeError, match="session must be"):
+        remove(photo, session=5)
+
+
+@pytest.mark.parametrize("field, value", [("params", "x"), ("macs", -3), ("params", 1.5), ("license", 7)])
+def test_mistyped_manifest_facts_are_named(tiny_model_dir, tmp_path, field, value):
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    d = json.loads((m / "manifest.json").read_text())
+    d[field] = value
+    (m / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(EdgecutError, match=f"'{field}' must be"):
+        Manifest.load(m / "manifest.json")
+
+
+def test_model_card_without_params_or_macs(tiny_model_dir, tmp_path):
+    pytest.importorskip("torch")   # model_card lives in the compress extra's package
+    from edgecut.compress import model_card
+
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    d = json.loads((m / "manifest.json").read_text())
+    d.pop("params"), d.pop("macs", None)
+    (m / "manifest.json").write_text(json.dumps(d))
+    assert "unrecorded" in model_card.write(m).read_text()
+
+
+def test_a_broken_model_in_the_zoo_hides_no_other(model_zoo, capsys):
+    (model_zoo / "broken").mkdir()
+    (model_zoo / "broken" / "manifest.json").write_text("{bad")
+    assert main(["models"]) == 1
+    captured = capsys.readouterr()
+    assert "tiny" in captured.out and "broken" not in captured.out
+    assert "broken/manifest.json: not valid JSON" in _one_error(captured.err, "models")
+
+
+def test_a_default_naming_no_model_is_an_error_not_another_model(model_zoo, photo_path, tmp_path, capsys):
+    (model_zoo / "DEFAULT").write_text("nope\n")
+    assert main(["remove", str(photo_path), "-o", str(tmp_path / "o.png")]) == 1
+    assert "names 'nope', which is not an embedded model" in _one_error(capsys.readouterr().err, "remove")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_fetch_peer_refuses_a_tarball_that_is_no_package_or_holds_no_model(tmp_path, monkeypatch, capsys):
+    import io
+    import tarfile
+
+    from edgecut.bench.peers import PEERS
+
+    monkeypatch.setenv("EDGECUT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "text.tgz").write_text("hello")
+    fake = tmp_path / "fake.tgz"
+    with tarfile.open(fake, "w:gz") as t:
+        data = b"not a model"
+        info = tarfile.TarInfo(PEERS["mediapipe-selfie"].member)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    for tgz, reason in ((tmp_path / "text.tgz", "not a tar archive"), (fake, "is not a TFLite model"),
+                        (tmp_path / "none.tgz", "no such")):
+        assert main(["fetch-peer", "mediapipe-selfie", "--tarball", str(tgz)]) == 1
+        assert reason in _one_error(capsys.readouterr().err, "fetch-peer")
+    assert not list((tmp_path / "cache").rglob("*.tflite"))

@@ -73,7 +73,7 @@ def _tarball(tmp_path, member, data):
 def test_fetch_peer_writes_model_and_manifest(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECUT_CACHE", str(tmp_path / "cache"))
     peer = PEERS["mediapipe-selfie"]
-    d = fetch_peer("mediapipe-selfie", tarball=_tarball(tmp_path, peer.member, b"not really tflite"))
+    d = fetch_peer("mediapipe-selfie", tarball=_tarball(tmp_path, peer.member, b"\x18\x00\x00\x00TFL3 and then no real flatbuffer"))
     assert d == resolve_peer("peer:mediapipe-selfie")
     m = Manifest.load(d / "manifest.json")
     assert m.format == "tflite" and m.layout == "NHWC" and m.license == "Apache-2.0"
