@@ -10,7 +10,6 @@ the runtime are unchanged.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -29,8 +28,13 @@ def heldout_tensors(run_dir, input_size: int, mean, std, data=None):
     if not config.is_file() and data is None:
         raise FileNotFoundError(f"{run_dir}: no config.json (not a distill run), so no held-out split; "
                                 f"give the training photos (--heldout-data)")
-    cfg = json.loads(config.read_text()) if config.is_file() else {"data": data}
-    data = data or cfg["data"]
+    from ..runtime.errors import EdgecutError
+    from .loaders import read_run_json
+
+    cfg = read_run_json(config) if config.is_file() else {"data": data}   # not JSON, a list, "data": 5: one line
+    data = data or cfg.get("data")
+    if not data:
+        raise EdgecutError(f"{config}: bad run config (no data: the training folder it held photos out of)")
     if not Path(data).is_dir():
         raise FileNotFoundError(f"{run_dir}: its training photos {data} are not here; give the folder "
                                 f"(--heldout-data)")

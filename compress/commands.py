@@ -22,7 +22,8 @@ def fraction_below_one(text: str) -> float:
 
 
 fraction_below_one.__name__ = "fraction"
-POSITIVE = number(0, lo_open=True)   # learning rates
+POSITIVE = number(0, 10, lo_open=True)   # learning rates: 1e300 overflows torch's optimiser state
+SEED = integer(0, 2**32 - 1)             # what torch and numpy seed with; 1e20 overflows them
 
 
 def train_root() -> Path:
@@ -91,17 +92,18 @@ def add_label(sub) -> None:
 def run_label(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.outputs import output_folder
-    from .label import default_out_dir, find_images, label_folder
+    from .label import check_out_dir, default_out_dir, find_images, label_folder
     from .teachers import resolve_teacher
 
     if not args.images.is_dir():   # before the teacher loads: a mistyped folder is one line at once
         raise EdgecutError(f"{args.images}: {'not a folder' if args.images.exists() else 'no such folder'}")
+    if args.out is not None:   # inside the images folder: refused before the teacher loads
+        check_out_dir(args.images, args.out)
     if not find_images(args.images):
         raise EdgecutError(f"{args.images}: no images found")
     teacher = resolve_teacher(args.teacher, args.teacher_path)
     out = args.out or default_out_dir(args.images)
-    if out.resolve() == args.images.resolve():
-        raise EdgecutError(f"{out}: output folder is the input folder; pass another --out")
+    check_out_dir(args.images, out)
     output_folder(out)
     session = teacher.session(args.threads)
     summary = label_folder(session, args.images, out, limit=args.limit,
@@ -130,12 +132,12 @@ def add_distill(sub) -> None:
     p.add_argument("--ckpt-every", type=integer(1), default=250)
     p.add_argument("--holdout", type=fraction_below_one, default=0.03,
                    help="fraction of photos held out to watch over-fitting, in [0, 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=THREADS, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, cuda, cuda:1 ...")
     p.add_argument("--init", default="", metavar="CKPT",
                    help="start from a checkpoint's weights with a fresh schedule (fine-tuning, a second cycle)")
-    p.add_argument("--input-size", type=int, default=0, metavar="PX",
+    p.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="train at this square size instead of the variant's (a multiple of 32), e.g. to "
                         "fine-tune for an `export --input-size` model; export then uses it by default")
     p.add_argument("--pattern-bg", type=float, default=0.0, metavar="P",
@@ -180,7 +182,7 @@ def run_distill(args) -> int:
                       out=out, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, holdout=args.holdout, eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
-                      workers=args.workers, input_size=check_input_size(args.input_size),
+                      workers=args.workers, input_size=asked_input_size(args.input_size),
                       set_weights=parse_set_weights(args.set_weight))
     from ..runtime.errors import EdgecutError
 
@@ -233,6 +235,12 @@ def check_input_size(px: int, where: str = "") -> int:
     if px > MAX_INPUT_SIZE:
         raise EdgecutError(f"{where or f'--input-size {px}'}: at most {MAX_INPUT_SIZE} px (a multiple of 32)")
     return px
+
+
+def asked_input_size(px) -> int:
+    """An --input-size given on the command line (None: not given, the default size, 0): refused, as
+    export refuses it, unless a positive multiple of 32 up to the cap."""
+    return 0 if px is None else check_input_size(px or -1, f"--input-size {px}")
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -324,15 +332,25 @@ def _shipped_model(path: Path):
     from ..models import resolve
     from ..runtime.errors import EdgecutError
 
+    from .loaders import check_onnx
+
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        check_onnx(path)   # a text file named x.onnx: that, not "no manifest beside it"
     try:
         model_file, manifest = resolve(path)
     except EdgecutError:
-        raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
+        if not path.exists():
+            raise EdgecutError(f"{path}: no such checkpoint, embedded model or model folder") from None
+        if path.is_dir() and not (path / "manifest.json").exists():
+            run = next((path / n for n in ("best.pt", "last.pt", "pruned.pt") if (path / n).is_file()), None)
+            if run is not None:
+                raise EdgecutError(f"{path}: a run folder, not a model; pass {run}") from None
+            raise EdgecutError(f"{path}: no manifest.json in this folder (not a model folder) "
+                               "and not a checkpoint") from None
+        raise   # the real reason: a bad manifest, no manifest beside the model file
     if "variant" not in (manifest.extra or {}):
         raise EdgecutError(f"{path}: not an edgecut student (its manifest names no variant), nothing to export")
     if manifest.format == "onnx":
-        from .loaders import check_onnx
-
         check_onnx(model_file)   # a text file as model.onnx: one line, not a protobuf traceback
     return model_file.parent, manifest
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..runtime.argtypes import THREADS, integer, number
-from .commands import POSITIVE, add_data_args, check_input_size, data_options, fraction_below_one, train_root
+from .commands import POSITIVE, SEED, add_data_args, asked_input_size, data_options, fraction_below_one, train_root
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def add_finetune_args(p) -> None:
     add_data_args(p)
     p.add_argument("--batch-size", type=integer(1, 65536), default=0, help="default: 16 on CPU, 128 on a GPU")
     p.add_argument("--holdout", type=fraction_below_one, default=0.03, help="fraction held out, in [0, 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=THREADS, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda ...")
 
@@ -153,21 +153,32 @@ def run_quantize(args) -> int:
     if args.report_json:
         refuse_inputs([args.report_json], [args.model_dir / m.file, manifest_path], "pass another --report-json")
         output_file(args.report_json)
-    output_folder(out)
     from .export import calibration_photos
-    from .quantize import errors_json, quantize_model, report_table
+    from .quantize import check_exclusions, errors_json, quantize_model, report_table
+
+    check_exclusions(args.model_dir, args.exclude, args.auto_exclude)   # before anything is written
+    output_folder(out)
 
     calib = args.calib or train_root()
     try:
-        photos = calibration_photos(calib, args.calib_n)
-        probe = calibration_photos(calib, args.report_n, seed=1) if (args.report or args.auto_exclude) else None
+        warned: set = set()   # a bad photo in both samples is named once
+        photos = calibration_photos(calib, args.calib_n, warned=warned)
+        probe = calibration_photos(calib, args.report_n, seed=1, warned=warned) if (args.report or args.auto_exclude) else None
     except FileNotFoundError as e:
         raise EdgecutError(str(e)) from None
     print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
           f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
-    res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
-                         args.auto_exclude, probe if args.report or args.auto_exclude else None,
-                         portable=not args.not_portable)
+    made = not (out / name).exists()
+    try:
+        res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
+                             args.auto_exclude, probe if args.report or args.auto_exclude else None,
+                             portable=not args.not_portable)
+    except BaseException:   # a failure after the folder was written (the report, --auto-exclude) leaves none
+        if made:
+            import shutil
+
+            shutil.rmtree(out / name, ignore_errors=True)
+        raise
     q = Manifest.load(res.folder / "manifest.json")
     if res.excluded:
         print(f"left in float: {', '.join(res.excluded)}")
@@ -190,7 +201,7 @@ def add_qat(sub) -> None:
     p.add_argument("--steps", type=integer(1), default=2000)
     p.add_argument("--minutes", type=number(0), default=0, help="fit the run into this many minutes (sets --steps)")
     p.add_argument("--lr", type=POSITIVE, default=1e-4, help="peak learning rate (low: the weights only adapt)")
-    p.add_argument("--input-size", type=int, default=0, metavar="PX",
+    p.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="fine-tune at the size the model will be exported at (default: the checkpoint's)")
     p.add_argument("--eval-every", type=integer(1), default=250)
     add_finetune_args(p)
@@ -217,7 +228,7 @@ def run_qat(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
                       holdout=args.holdout, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
                       device=args.device, init=str(args.checkpoint), qat=True,
-                      input_size=check_input_size(args.input_size) or ck.get("input_size", 0))
+                      input_size=asked_input_size(args.input_size) or ck.get("input_size") or 0)
     best = train(cfg, progress=not args.no_progress)
     size = f" --input-size {cfg.input_size}" if cfg.input_size else ""
     print(f"QAT checkpoint: {best}  (make the int8 model with: edgecut export {best} --name NAME --int8{size})")
@@ -334,6 +345,26 @@ def add_recover(sub) -> None:
     p.set_defaults(func=run_recover)
 
 
+def _refuse_a_run(folder: Path) -> None:
+    """recover writes FOLDER/best.pt: refuse a folder holding a checkpoint recover did not write (a
+    distill run's best.pt or last.pt, which it would silently replace); its own earlier output may go."""
+    from ..runtime.errors import EdgecutError
+    from .loaders import load_checkpoint
+
+    folder = Path(folder)
+    if (folder / "last.pt").exists():
+        raise EdgecutError(f"{folder}: holds a training run (last.pt); pass a new --out folder")
+    best = folder / "best.pt"
+    if best.exists():
+        try:
+            ours = bool(load_checkpoint(best).get("recovered_from"))
+        except EdgecutError:
+            ours = False
+        if not ours:
+            raise EdgecutError(f"{best}: a checkpoint `compress recover` did not write would be replaced; "
+                               "pass a new --out folder")
+
+
 def run_recover(args) -> int:
     from ..models import resolve
     from ..runtime.errors import EdgecutError
@@ -350,6 +381,7 @@ def run_recover(args) -> int:
         raise EdgecutError(f"{folder.name}: its manifest names no student variant (not an edgecut student?)")
     if man.format == "onnx":
         check_onnx(path)
+    _refuse_a_run(args.out)
     output_folder(args.out)
     try:
         photos = calibration_photos(args.photos or train_root(), args.n)
@@ -358,6 +390,8 @@ def run_recover(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise EdgecutError(str(e)) from None
     outs = [args.out / f"member{k}-{ck['input_size']}" if ensemble else args.out for k, ck in enumerate(cks)]
+    for out in outs:   # every member folder checked before any is written
+        _refuse_a_run(out)
     for ck, out in zip(cks, outs):
         out.mkdir(parents=True, exist_ok=True)
         _save_atomic(ck, out / "best.pt")

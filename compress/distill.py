@@ -128,6 +128,15 @@ def _save_atomic(obj, path: Path):
     os.replace(tmp, path)
 
 
+def _check_finite(diverged_at: int, model, step: int, lr: float) -> None:
+    """Stop a run whose loss or weights stopped being finite (too high a --lr), before it saves: a
+    best.pt of NaN weights would export to a model that cuts out nothing."""
+    if not diverged_at and bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        return   # one wait on the device for all the weights
+    when = f"loss became NaN or inf at step {diverged_at}" if diverged_at else f"weights became NaN or inf by step {step}"
+    raise EdgecutError(f"{when} (the run diverged; nothing saved from then on); lower --lr (now {lr:g})")
+
+
 def training_pairs(cfg: TrainConfig) -> list:
     """The (photo, alpha) pairs a run trains on; a --sets name with no set under --data, or no pair
     at all, is an EdgecutError naming what is missing."""
@@ -159,10 +168,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     pairs = training_pairs(cfg)
     train_pairs, held_pairs = split_pairs(pairs, cfg.holdout)
+    if not train_pairs:
+        raise EdgecutError(f"--holdout {cfg.holdout:g}: all {len(pairs)} photos went to the held-out split, "
+                           f"none is left to train on; lower --holdout")
     try:
         set_weights(train_pairs, cfg.set_weights)
-    except ValueError as e:   # SystemExit, as tests/test_distill.py expects of this one
-        raise SystemExit(f"--set-weight: {e}") from None
+    except ValueError as e:   # a set with no photos
+        raise EdgecutError(f"--set-weight: {e}") from None
     device = pick_device(cfg.device)
     cfg.batch_size = batch_size_for(device, cfg.batch_size)
 
@@ -243,6 +255,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar = tqdm(total=None if budget_probe else cfg.steps, initial=step, desc="distill", unit="step")
     model.train()
     t0, seen, first = time.time(), 0, step
+    # The first step whose loss was NaN or infinite (0: none), kept on the device so that a GPU run
+    # does not wait on it every step; read before every save and log line (a diverged run stops there).
+    diverged = torch.zeros((), dtype=torch.long, device=device)
     t_probe = None  # --minutes: steps/s is timed from step first+20 (past start-up) ...
     while step < cfg.steps:
         now = time.time()
@@ -263,12 +278,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         loss, parts = distill_loss(model.forward_logits(x), y)
+        diverged = torch.where((diverged == 0) & ~torch.isfinite(loss.detach()), step + 1, diverged)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         seen += len(x)
         logging = step % 20 == 0 or step % cfg.eval_every == 0 or step == cfg.steps
+        saving = step % cfg.eval_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.steps
+        if logging or saving:
+            _check_finite(int(diverged), model, step, cfg.lr)
         rec = {}
         if logging:  # .item() waits for the GPU: only on the steps that log
             rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},

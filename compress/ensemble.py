@@ -24,7 +24,7 @@ def parse_member(text: str) -> tuple[Path, int | None]:
     path, _, size = text.rpartition("@") if "@" in text else (text, "", "")
     if size and not size.isdigit():
         raise EdgecutError(f"{text}: the size after @ must be a number of pixels")
-    return Path(path), check_input_size(int(size), text) if size else None
+    return Path(path), check_input_size(int(size) or -1, text) if size else None   # @0 refused, as --input-size 0
 
 
 def _has_run(checkpoint: Path) -> bool:

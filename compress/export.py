@@ -10,8 +10,8 @@ activation ranges seen in calibration are the ones seen in use.
 """
 from __future__ import annotations
 
-import json
 import random
+import sys
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -34,10 +34,11 @@ SET_TERMS = {"clothing": "CC0 1.0", "imagenette": "ImageNet terms", "imagenet_sa
 def describe_data(*run_dirs) -> str:
     """The training sets the runs saw (their split.json; several for an ensemble) and their terms, for
     the manifest: a model says what it learnt from. DEFAULT_DATA where a run folder does not say."""
+    from .loaders import read_run_json
+
     sets = []
-    for run_dir in run_dirs:
-        split = Path(run_dir) / "split.json"
-        found = json.loads(split.read_text()).get("sets") if split.is_file() else None
+    for run_dir in run_dirs:   # a split.json that is not JSON or names no list of sets: one line naming it
+        found = (read_run_json(Path(run_dir) / "split.json") or {}).get("sets")
         if not found:
             return DEFAULT_DATA
         sets += [s for s in found if s not in sets]
@@ -127,28 +128,79 @@ def _new_folder(folder: Path):
         raise
 
 
-def calibration_photos(folder, n: int, seed: int = 0) -> list[Path]:
-    """n photos sampled reproducibly from a folder tree (the training photos are a good choice)."""
+def calibration_photos(folder, n: int, seed: int = 0, warned=None) -> list[Path]:
+    """n readable photos sampled reproducibly from a folder tree (the training photos are a good
+    choice). A file that does not decode (a text file named .jpg, a truncated download) is skipped
+    with one warning on stderr naming it (once per path in `warned`, a set shared by the calls of
+    one verb) and the next photo takes its place; none readable is an EdgecutError."""
+    from ..runtime.errors import EdgecutError
+
     exts = {".jpg", ".jpeg", ".png", ".webp"}
     photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and "teacher" not in p.parts
                     and "masks" not in p.parts)
     if not photos:
         raise FileNotFoundError(f"no calibration photos under {folder}")
     random.Random(seed).shuffle(photos)
-    return photos[:n]
+    warned = set() if warned is None else warned
+    kept, bad = [], []
+    for p in photos:
+        if len(kept) == n:
+            break
+        why = _unreadable_photo(p)
+        if why:
+            bad.append((p, why))
+        else:
+            kept.append(p)
+    if not kept:
+        first, why = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise EdgecutError(f"{first}: {why}; no readable calibration photo under {folder}{more}")
+    for p, why in bad:
+        _warn_skip(p, why, warned)
+    return kept
+
+
+def _unreadable_photo(path) -> str:
+    """'' when the photo decodes as the runtime reads it, else why not (without the file's name)."""
+    from ..runtime.errors import EdgecutError
+    from ..runtime.imageio import load_rgb
+
+    try:
+        load_rgb(path)
+    except (EdgecutError, OSError, ValueError, SyntaxError, EOFError) as e:
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        for prefix in (f"{path}: ", f"{Path(path).name}: "):
+            if text.startswith(prefix):
+                return text[len(prefix):]
+        return text
+    return ""
+
+
+def _warn_skip(path, why: str, warned: set) -> None:
+    if path not in warned:
+        warned.add(path)
+        print(f"warning: skip {path}: {why}", file=sys.stderr)
 
 
 class _PhotoReader:
-    """onnxruntime CalibrationDataReader over photos, through the runtime's preprocessing."""
+    """onnxruntime CalibrationDataReader over photos, through the runtime's preprocessing; a photo
+    that no longer decodes is skipped with one warning (`calibration_photos` has checked them)."""
 
-    def __init__(self, session, photos):
-        from ..runtime.imageio import load_rgb
-
-        name = session.manifest.input_name
-        self._inputs = ({name: session.preprocess(load_rgb(p))} for p in photos)
+    def __init__(self, session, photos, warned=None):
+        self._session, self._photos = session, iter(photos)
+        self._name = session.manifest.input_name
+        self._warned = set() if warned is None else warned
 
     def get_next(self):
-        return next(self._inputs, None)
+        from ..runtime.errors import EdgecutError
+        from ..runtime.imageio import load_rgb
+
+        for p in self._photos:
+            try:
+                return {self._name: self._session.preprocess(load_rgb(p))}
+            except (EdgecutError, OSError, ValueError) as e:
+                _warn_skip(p, (str(e).splitlines() or [type(e).__name__])[0], self._warned)
+        return None
 
 
 def compact_onnx(src, dst) -> None:
@@ -219,13 +271,13 @@ def quantize_int8(fp32_folder, out_dir, name: str, photos, method: str = "minmax
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32_folder / manifest.file), str(pre), skip_symbolic_shape=True)
             out = Path(tmp) / "model.onnx"
-            excluded, options, groups = list(exclude_nodes), {}, []
+            excluded, options, groups, warned = list(exclude_nodes), {}, [], set()
             if portable:
                 excluded += [n for n in resize_nodes(pre) if n not in excluded]
                 groups = residual_groups(pre)
-                ranges = calibrated_ranges(pre, _PhotoReader(session, photos), methods[method])
+                ranges = calibrated_ranges(pre, _PhotoReader(session, photos, warned), methods[method])
                 options["TensorQuantOverrides"] = shared_scales(groups, ranges)
-            quantize_static(str(pre), str(out), _PhotoReader(session, photos), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(out), _PhotoReader(session, photos, warned), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], nodes_to_exclude=excluded, extra_options=options)
             seven_bit = seven_bit_weights(out) if portable else 0

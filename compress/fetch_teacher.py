@@ -60,6 +60,15 @@ def _chunk_plan(resources: dict, variant: str) -> tuple:
         raise EdgecutError(f"resources.json has no {key}")
     entry = resources[key]
     chunks = entry["chunks"]
+    if not isinstance(chunks, list) or not chunks:
+        raise ValueError(f"{key}: no list of chunks")
+    for i, c in enumerate(chunks):   # each chunk is named by its hash and covers [start, end)
+        if not isinstance(c, dict) or not isinstance(c.get("hash"), str) or not c["hash"] or "/" in c["hash"]:
+            raise ValueError(f"{key}: chunk {i} has no 'hash'")
+        off = c.get("offsets")
+        if (not isinstance(off, list) or len(off) != 2 or not all(isinstance(o, int) and not isinstance(o, bool)
+                                                                  for o in off) or off[1] < off[0]):
+            raise ValueError(f"{key}: chunk {i} has no [start, end] 'offsets'")
     pos = 0
     for c in chunks:   # offsets must tile [0, size) with no gap: else the join is not the model
         start, end = c["offsets"]

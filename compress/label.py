@@ -76,6 +76,17 @@ def default_out_dir(images_dir: Path) -> Path:
     return out
 
 
+def check_out_dir(images_dir: Path, out_dir: Path) -> None:
+    """Refuse a label folder that is the images folder or inside it: a second run would find the
+    labels among the photos and label them too (and a photo could sit where a label belongs)."""
+    images, out = Path(images_dir).resolve(), Path(out_dir).resolve()
+    if out == images:
+        raise EdgecutError(f"{out_dir}: output folder is the input folder; pass another --out")
+    if out.is_relative_to(images):
+        raise EdgecutError(f"{out_dir}: output folder is inside the images folder {images_dir} (the next run would "
+                           "label its labels); pass an --out outside it, e.g. teacher/ beside it")
+
+
 def is_valid_png(path: Path) -> bool:
     try:
         with Image.open(path) as im:
@@ -115,8 +126,7 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise EdgecutError(f"{images_dir}: not a folder")
-    if out_dir.resolve() == images_dir.resolve():
-        raise EdgecutError(f"{out_dir}: output folder is the input folder; pass another --out")
+    check_out_dir(images_dir, out_dir)
     images = find_images(images_dir)
     if not images:
         raise EdgecutError(f"{images_dir}: no images found")
@@ -124,6 +134,7 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
         images = images[:limit]
     summary = LabelSummary()
     seen = set()
+    inputs = {p.resolve() for p in images}
     for image in _progress(images, progress):
         dest = label_path(image, images_dir, out_dir)
         if dest in seen:
@@ -131,6 +142,10 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
             log(f"skip {image}: another photo already maps to {dest.name}")
             continue
         seen.add(dest)
+        if dest.resolve() in inputs:   # never a photo taken for its own label, nor replaced by one
+            summary.failed.append((image, f"its label {dest} is an input photo"))
+            log(f"skip {image}: its label {dest} is an input photo")
+            continue
         if dest.exists() and is_valid_png(dest):
             summary.skipped += 1
             continue

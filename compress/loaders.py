@@ -38,6 +38,10 @@ def load_checkpoint(path) -> dict:
         raise EdgecutError(f"{path}: not an edgecut checkpoint (holds a {type(ck).__name__}, not a dict)")
     if not isinstance(ck.get("variant"), str) or not (isinstance(ck.get("model"), dict) or ck.get("ensemble")):
         raise EdgecutError(f"{path}: not an edgecut checkpoint (no model weights or variant)")
+    if ck.get("ensemble") is not None and not (isinstance(ck["ensemble"], list)
+                                               and all(isinstance(m, dict) for m in ck["ensemble"])):
+        raise EdgecutError(f"{path}: not an edgecut checkpoint (its ensemble is not a list of members)")
+    check_checkpoint_size(ck, path)
     return ck
 
 
@@ -97,3 +101,67 @@ def check_name(name: str, flag: str = "--name") -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
         raise EdgecutError(f"{flag} {name!r}: a model name is one folder name (no '/', '..' or blank)")
     return name
+
+
+def _bad_run_field(value, kind: str) -> str:
+    """Why a config.json/split.json field is unusable ('' when it is fine)."""
+    if kind == "path":
+        return "" if isinstance(value, str) and value else "not a folder path"
+    if kind == "names":
+        ok = value is None or (isinstance(value, list) and all(isinstance(s, str) for s in value))
+        return "" if ok else "not a list of names"
+    if kind == "fraction":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        return "" if ok else "not a fraction in [0, 1)"
+    if kind == "count":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return "" if ok else "not a count"
+    raise AssertionError(kind)
+
+
+# The fields of a distill run's files that the compression verbs read, and what each must be.
+RUN_FIELDS = {
+    "config.json": {"data": "path", "sets": "names", "label_roots": "names", "exclude": "names",
+                    "holdout": "fraction"},
+    "split.json": {"sets": "names", "holdout": "names", "train": "count"},
+}
+
+
+def read_run_json(path):
+    """A run folder's config.json or split.json as a dict (None when the file is not there). Text that
+    is not JSON, JSON that is not an object, or a field of the wrong type is one line naming the file:
+    "RUN/split.json: not valid JSON (...)" / "RUN/config.json: bad run config (...)"."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EdgecutError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, ValueError) as e:   # json.JSONDecodeError is a ValueError
+        raise EdgecutError(f"{path}: not valid JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise EdgecutError(f"{path}: bad run config (holds a {type(data).__name__}, not an object)")
+    for key, kind in RUN_FIELDS.get(path.name, {}).items():
+        why = _bad_run_field(data[key], kind) if key in data else ""
+        if why:
+            raise EdgecutError(f"{path}: bad run config ({key} is {data[key]!r:.40}: {why})")
+    return data
+
+
+def check_checkpoint_size(ck: dict, path) -> None:
+    """The input_size a checkpoint (or each ensemble member) records, checked as --input-size is:
+    0/None (the variant's), or a positive multiple of 32 up to the cap; anything else is one line."""
+    from .commands import check_input_size
+
+    sizes = [ck.get("input_size")] + [m.get("input_size") if isinstance(m, dict) else "?"
+                                      for m in (ck.get("ensemble") or [])]
+    for v in sizes:
+        if v is None:
+            continue
+        where = f"{path}: input_size {v!r:.40} in the checkpoint"
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise EdgecutError(f"{where}: use a positive multiple of 32")
+        check_input_size(v if v else 0, where)

@@ -236,7 +236,7 @@ def load_finetune_data(cfg, model_cfg, progress: bool = True) -> FinetuneData:
 def finetune(model, data: FinetuneData, cfg, steps: int, progress: bool = True, desc: str = "fine-tune") -> dict:
     """`steps` of distillation on the teacher alphas (same loss, data and augmentation as `distill`),
     with a short warm-up and cosine decay of cfg.lr; returns the last loss and held-out metrics."""
-    from .distill import _lr_at, batch_size_for, evaluate, pick_device
+    from .distill import _check_finite, _lr_at, batch_size_for, evaluate, pick_device
     from .losses import distill_loss
 
     device = pick_device(cfg.device)
@@ -250,12 +250,14 @@ def finetune(model, data: FinetuneData, cfg, steps: int, progress: bool = True, 
 
         bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
     loss = None
+    diverged = torch.zeros((), dtype=torch.long, device=device)   # first step of a NaN/inf loss (0: none)
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, sched)
         x, y = data.augmenter.batch(batch_size)
         loss, _ = distill_loss(model.forward_logits(x.to(device).contiguous(memory_format=torch.channels_last)),
                                y.to(device))
+        diverged = torch.where((diverged == 0) & ~torch.isfinite(loss.detach()), step + 1, diverged)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -264,6 +266,8 @@ def finetune(model, data: FinetuneData, cfg, steps: int, progress: bool = True, 
             bar.set_postfix({"loss": f"{loss.item():.3f}"}, refresh=False)
     if bar:
         bar.close()
+    if steps:   # a diverged fine-tune (too high a --lr) stops before pruned.pt is written
+        _check_finite(int(diverged), model, steps, cfg.lr)
     out = {"loss": loss.item() if loss is not None else None}
     if data.held is not None:
         out["holdout"] = evaluate(model, *data.held)

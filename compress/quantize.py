@@ -125,6 +125,29 @@ def output_mae(fp32_folder, int8_folder, photos) -> float:
     return float(np.mean([np.abs(a.infer(load_rgb(p)) - b.infer(load_rgb(p))).mean() for p in photos]))
 
 
+def check_exclusions(fp32_folder, exclude: Sequence[str] = (), auto_exclude: int = 0) -> None:
+    """Before any quantization: every --exclude name a node of the model (as the report names them:
+    the pre-processed graph's, or the file's own), and --auto-exclude K no more than its nodes."""
+    import onnx
+
+    from ..runtime.errors import EdgecutError
+
+    fp32_folder = Path(fp32_folder)
+    m = Manifest.load(fp32_folder / "manifest.json")
+    names = {n.name for n in onnx.load(str(fp32_folder / m.file), load_external_data=False).graph.node}
+    count = len(names)
+    if exclude and not set(exclude) <= names:
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = {n.name for n in onnx.load(str(_preprocessed(fp32_folder, Path(tmp)))).graph.node}
+        count, names = max(count, len(pre)), names | pre
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        raise EdgecutError(f"--exclude {' '.join(unknown)}: no such node in {fp32_folder / m.file} "
+                           "(the node names are those of --report)")
+    if auto_exclude > count:
+        raise EdgecutError(f"--auto-exclude {auto_exclude}: {fp32_folder / m.file} has only {count} nodes")
+
+
 @dataclass
 class QuantizeResult:
     folder: Path

@@ -21,14 +21,26 @@ from ..runtime.errors import EdgecutError
 from .distill import _save_atomic
 
 
+def _size(ck: dict):
+    """The size a checkpoint trained at: its input_size, else (None, 0: not given) its variant's."""
+    if ck.get("input_size"):
+        return ck["input_size"]
+    from ..models.variants import get_variant
+
+    try:
+        return get_variant(ck.get("variant")).input_size
+    except (KeyError, TypeError):   # a variant this version does not know: as recorded
+        return ck.get("input_size")
+
+
 def average(checkpoints: list[dict]) -> dict:
     """The first checkpoint with every floating tensor replaced by the mean over all of them."""
     first = checkpoints[0]
     first_shapes = {k: tuple(v.shape) for k, v in first["model"].items()}
     for i, ck in enumerate(checkpoints[1:], 2):
-        if ck.get("variant") != first.get("variant") or ck.get("input_size") != first.get("input_size"):
-            raise EdgecutError(f"checkpoint {i} is {ck.get('variant')} at {ck.get('input_size')} px, "
-                               f"the first {first.get('variant')} at {first.get('input_size')} px")
+        if ck.get("variant") != first.get("variant") or _size(ck) != _size(first):
+            raise EdgecutError(f"checkpoint {i} is {ck.get('variant')} at {_size(ck)} px, "
+                               f"the first {first.get('variant')} at {_size(first)} px")
         if {k: tuple(v.shape) for k, v in ck["model"].items()} != first_shapes:
             raise EdgecutError(f"checkpoint {i} has other tensors or shapes than the first "
                                "(another architecture, or pruned differently)")

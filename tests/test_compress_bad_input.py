@@ -19,6 +19,7 @@ from edgecut.cli import main  # noqa: E402
 from edgecut.compress.export import export_onnx  # noqa: E402
 from edgecut.models.student import StudentConfig, create_student  # noqa: E402
 from edgecut.models.variants import register  # noqa: E402
+from edgecut.runtime.errors import EdgecutError  # noqa: E402
 
 TINY = register(StudentConfig(name="test-badin", input_size=32, width=0.25, context_channels=8,
                               decoder_channels=(8, 8, 8, 8)))
@@ -292,10 +293,23 @@ def test_export_refuses_bad_names_and_cleans_up_a_failed_int8(w, tmp_path, capsy
     calib = tmp_path / "calib"
     calib.mkdir()
     (calib / "bad.jpg").write_text("not a photo\n")
+    # no readable calibration photo: one line before anything is exported
     line = fails(capsys, ["export", str(w.a), "--name", "q", "--out", str(out), "--int8", "--calib", str(calib),
-                          "--calib-n", "1"], "bad.jpg")
-    capsys.readouterr()
-    assert "not an image" in line
+                          "--calib-n", "1"], "bad.jpg", "no readable calibration photo")
+    assert "not an image" in line and not (out / "q").exists()
+    # an int8 step that fails removes the q-int8 folder it made, and keeps the fp32 one
+    import edgecut.compress.seven_bit as seven_bit
+
+    def boom(*a, **k):
+        raise EdgecutError("int8 step failed")
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(seven_bit, "seven_bit_weights", boom)
+    try:
+        fails(capsys, ["export", str(w.a), "--name", "q", "--out", str(out), "--int8", "--calib", str(w.photos),
+                       "--calib-n", "2"], "int8 step failed")
+    finally:
+        monkey.undo()
     assert (out / "q" / "model.onnx").is_file() and not (out / "q-int8").exists()
 
 
@@ -319,3 +333,175 @@ def test_model_card_refuses_a_file_that_is_not_bench_results(tmp_path, text, cap
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1 and "b.json: not" in err
     assert (folder / "MODEL_CARD.md").read_bytes() == card
+
+
+# --- re-audit ------------------------------------------------------------------------------------------
+def _skip_lines(err: str, needle: str) -> list:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if needle in line]
+
+
+def test_a_bad_calibration_photo_is_skipped_with_one_warning(w, tmp_path, capsys):
+    calib = tmp_path / "calib"
+    shutil.copytree(w.photos, calib)
+    (calib / "bad.jpg").write_text("not a photo\n")
+    out = tmp_path / "o"
+    assert main(["export", str(w.a), "--name", "q", "--out", str(out), "--int8", "--calib", str(calib)]) == 0
+    lines = _skip_lines(capsys.readouterr().err, "bad.jpg")
+    assert len(lines) == 1 and lines[0].startswith("warning: skip") and "not an image" in lines[0], lines
+    assert (out / "q-int8" / "model.onnx").is_file()
+    assert main(["compress", "quantize", str(w.fp32), "--calib", str(calib), "--out", str(tmp_path / "qz"),
+                 "--report", "--report-n", "5"]) == 0
+    assert len(_skip_lines(capsys.readouterr().err, "bad.jpg")) == 1   # in both samples, named once
+    assert main(["compress", "recover", str(w.fp32), "--out", str(tmp_path / "r"), "--photos", str(calib),
+                 "-n", "5"]) == 0
+    assert len(_skip_lines(capsys.readouterr().err, "bad.jpg")) == 1
+    assert (tmp_path / "r" / "best.pt").is_file()
+
+
+def test_label_refuses_an_out_folder_inside_the_images(w, tiny_model_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    block_photos(photos, 2)
+    fails(capsys, ["label", str(photos), "--teacher", str(tiny_model_dir), "--out", str(photos / "teacher"),
+                   "--no-progress"], "inside the images folder")
+    assert sorted(p.name for p in photos.iterdir()) == ["p0.png", "p1.png"]
+    from edgecut.compress.label import label_folder
+    with pytest.raises(EdgecutError, match="inside the images folder"):
+        label_folder(None, photos, photos / "sub" / "labels", progress=False)
+
+
+@pytest.mark.parametrize("name,text,why", [
+    ("split.json", "{bad", "not valid JSON"), ("split.json", "[1]", "bad run config"),
+    ("split.json", '{"sets": 5}', "bad run config"), ("config.json", "{bad", "not valid JSON"),
+    ("config.json", "[1]", "bad run config"), ("config.json", '{"data": 5}', "bad run config")])
+def test_corrupt_run_files_are_one_line(w, tmp_path, capsys, name, text, why):
+    run = tmp_path / "run"
+    best = _run(run, w.data, holdout=0.5)
+    (run / name).write_text(text)
+    cmds = [["export", str(best), "--name", "x", "--out", str(tmp_path / "o"), "--calibrate"],
+            ["compress", "ensemble", str(best), str(w.b), "--out", str(tmp_path / "e")]]
+    if name == "split.json":
+        cmds = [["export", str(best), "--name", "x", "--out", str(tmp_path / "o")]]
+    for argv in cmds:
+        fails(capsys, argv, run / name, why)
+    assert not (tmp_path / "e" / "best.pt").exists()
+
+
+def test_export_names_why_a_path_is_no_model(w, tmp_path, capsys):
+    (tmp_path / "x.onnx").write_text("text, not a model\n")
+    (tmp_path / "x.json").write_text(json.dumps({"file": "x.onnx"}))   # even with a manifest beside it
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "m.tflite").write_bytes(b"TFL3 not really")
+    badman = tmp_path / "badman"
+    shutil.copytree(w.fp32, badman)
+    (badman / "manifest.json").write_text("{bad")
+    run = w.a.parent
+    o = ["--out", str(tmp_path / "o"), "--name", "n"]
+    fails(capsys, ["export", str(tmp_path / "x.onnx"), *o], "x.onnx", "not an ONNX model")
+    fails(capsys, ["export", str(lone / "m.tflite"), *o], "m.tflite", "no manifest beside")
+    fails(capsys, ["export", str(badman), *o], badman / "manifest.json", "not valid JSON")
+    fails(capsys, ["export", str(run), *o], run, f"pass {run / 'best.pt'}")
+    fails(capsys, ["export", str(tmp_path / "nope"), *o], "no such checkpoint, embedded model or model folder")
+
+
+def test_distill_says_when_holdout_took_every_photo(w, tmp_path, capsys):
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(w.data), "--out", str(tmp_path / "r"),
+                   "--holdout", "0.99", "--steps", "1", "--no-progress"],
+          "all 6 photos went to the held-out split", "lower --holdout")
+
+
+def test_recover_refuses_to_replace_a_run_and_soup_takes_the_default_size(w, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(w.a.parent, run)
+    (run / "last.pt").write_bytes((run / "best.pt").read_bytes())
+    before = snapshot(run)
+    fails(capsys, ["compress", "recover", str(w.fp32), "--out", str(run), "--photos", str(w.photos), "-n", "2"],
+          run, "pass a new --out")
+    (run / "last.pt").unlink()
+    fails(capsys, ["compress", "recover", str(w.fp32), "--out", str(run), "--photos", str(w.photos), "-n", "2"],
+          run / "best.pt", "did not write")
+    assert snapshot(run) == {k: v for k, v in before.items() if k.name != "last.pt"}
+    # None (the variant's size) and the same size said explicitly are one size
+    ck = torch.load(w.b, weights_only=False)
+    ck["input_size"] = TINY.input_size
+    sized = tmp_path / "sized" / "best.pt"
+    sized.parent.mkdir()
+    torch.save(ck, sized)
+    assert main(["compress", "soup", str(w.a), str(sized), "--out", str(tmp_path / "soup")]) == 0
+    capsys.readouterr()
+    ck["input_size"] = 64
+    torch.save(ck, sized)
+    fails(capsys, ["compress", "soup", str(w.a), str(sized), "--out", str(tmp_path / "soup2")],
+          f"at 64 px, the first {TINY.name} at {TINY.input_size} px")
+
+
+def test_quantize_checks_exclusions_first(w, tmp_path, capsys):
+    q = ["compress", "quantize", str(w.fp32), "--calib", str(w.photos), "--out", str(tmp_path / "q")]
+    fails(capsys, [*q, "--auto-exclude", "100000"], "--auto-exclude 100000", "has only")
+    fails(capsys, [*q, "--exclude", "nosuchnode", "othernode"], "--exclude nosuchnode othernode", "no such node")
+    assert not (tmp_path / "q").exists()
+    import edgecut.compress.quantize as quantize
+
+    def boom(*a, **k):
+        raise EdgecutError("report failed")
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(quantize, "layer_errors", boom)
+    try:
+        assert main([*q, "--report"]) == 1
+    finally:
+        monkey.undo()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("error: report failed")
+    assert not (tmp_path / "q" / f"{w.fp32.name}-int8").exists()
+
+
+def test_huge_numbers_and_a_diverged_run(w, tmp_path, capsys):
+    d = ["--variant", TINY.name, "--data", str(w.data), "--out", str(tmp_path / "r")]
+    for opt in (["--lr", "1e300"], ["--lr", "11"], ["--seed", "99999999999999999999"], ["--seed", "-1"]):
+        fails(capsys, ["distill", *d, *opt], opt[0], code=2)
+        fails(capsys, ["compress", "qat", str(w.a), "--data", str(w.data), *opt], opt[0], code=2)
+    import edgecut.compress.distill as distill
+
+    real = distill.distill_loss
+
+    def nan_loss(logits, y):
+        loss, parts = real(logits, y)
+        return loss * float("nan"), parts
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(distill, "distill_loss", nan_loss)
+    try:
+        fails(capsys, ["distill", *d, "--steps", "3", "--batch-size", "2", "--threads", "1", "--no-progress"],
+              "loss became NaN or inf at step 1", "lower --lr")
+    finally:
+        monkey.undo()
+    assert not (tmp_path / "r" / "best.pt").exists() and not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_fetch_teacher_chunk_without_a_hash_is_one_line(tmp_path, capsys):
+    tgz = tmp_path / "t.tgz"
+    blob = json.dumps({"/models/medium": {"chunks": [{"offsets": [0, 4]}], "size": 4}}).encode()
+    with tarfile.open(tgz, "w:gz") as tar:
+        info = tarfile.TarInfo("package/dist/resources.json")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    fails(capsys, ["fetch-teacher", "--dir", str(tmp_path / "c"), "--tarball", str(tgz)], tgz, "no 'hash'")
+    assert not any((tmp_path / "c").rglob("model.onnx*"))
+
+
+def test_input_sizes_from_checkpoints_and_members_are_checked(w, tmp_path, capsys):
+    ck = torch.load(w.a, weights_only=False)
+    for size in ("x", 33, -32, 4096):
+        bad = tmp_path / f"s{size}.pt"
+        torch.save({**ck, "input_size": size}, bad)
+        fails(capsys, ["export", str(bad), "--name", "n", "--out", str(tmp_path / "o")], bad, "input_size")
+    assert not (tmp_path / "o" / "n").exists()
+    fails(capsys, ["distill", "--variant", TINY.name, "--data", str(w.data), "--out", str(tmp_path / "r"),
+                   "--input-size", "0"], "--input-size 0", "positive multiple of 32")
+    fails(capsys, ["compress", "qat", str(w.a), "--data", str(w.data), "--out", str(tmp_path / "q"),
+                   "--input-size", "0"], "--input-size 0", "positive multiple of 32")
+    fails(capsys, ["compress", "ensemble", f"{w.a}@0", str(w.b), "--out", str(tmp_path / "e")],
+          f"{w.a}@0", "positive multiple of 32")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
