@@ -207,8 +207,11 @@ def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
         buf = io.BytesIO()
         extra = {"icc_profile": icc} if icc and result.mode != "L" else {}
         result.save(buf, "PNG", compress_level=PNG_LEVEL, **extra)
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(buf.getvalue())
+            sys.stdout.buffer.flush()
+        except OSError as e:   # a full disk or closed pipe behind stdout: name stdout, not the input
+            raise EdgecutError(f"<stdout>: cannot write ({e.strerror or e})") from None
         return
     fmt = format_for(job.dst)
     if fmt == "JPEG" and result.mode == "RGBA":
@@ -225,7 +228,7 @@ def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
 
 def _error_line(job: Job, err: Exception) -> str:
     msg = str(err)
-    if not (msg.startswith(job.label) or (job.dst is not None and msg.startswith(str(job.dst)))):
+    if not (msg.startswith(job.label) or msg.startswith("<stdout>") or (job.dst is not None and msg.startswith(str(job.dst)))):
         msg = f"{job.label}: {msg}"
     return f"edgecut remove: error: {msg}"
 
@@ -269,6 +272,15 @@ def run_remove(args) -> int:
     except EdgecutError as e:
         print(f"edgecut remove: error: --bg: {e}", file=sys.stderr)
         return 2
+    # An -o folder that cannot be created (a typo under /proc, a file's name) is one line before
+    # the model loads, not the same failure repeated for every photo of the folder.
+    if todo and args.output not in (None, "-") and not any(j.dst == Path(args.output) for j in todo):
+        from .outputs import output_folder
+        try:
+            output_folder(args.output)
+        except EdgecutError as e:
+            print(f"edgecut remove: error: {e}", file=sys.stderr)
+            return 1
     session = Session(args.model, threads=threads, tta=args.tta) if todo else None
 
     progress = _Progress(len(todo), enabled=not args.quiet and len(todo) > 1 and sys.stderr.isatty())

@@ -79,6 +79,24 @@ def test_closed_stdout_is_one_line(model_zoo, photo_path, monkeypatch, capsys):
     assert "standard output is closed" in _one_error(capsys.readouterr().err, "remove")
 
 
+def test_full_stdout_names_stdout_not_the_input(model_zoo, photo_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": open(photo_path, "rb")})())
+    monkeypatch.setattr(sys, "stdout", open("/dev/full", "w"))   # `edgecut remove - > FILE` on a full disk
+    assert main(["remove", "-"]) == 1
+    line = _one_error(capsys.readouterr().err, "remove")
+    assert "<stdout>: cannot write (No space left on device)" in line and "<stdin>" not in line
+
+
+@pytest.mark.parametrize("out", ["/proc/edgecut-out", "/dev/full"])
+def test_uncreatable_output_folder_is_one_line_not_one_per_photo(model_zoo, tmp_path, out, capsys):
+    d = tmp_path / "ph"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_photo(seed=i)[0]).save(d / f"p{i}.jpg", quality=90)
+    assert main(["remove", str(d), "-o", out]) == 1
+    assert out in _one_error(capsys.readouterr().err, "remove")
+
+
 # --- hand-edited manifests ------------------------------------------------------------------------
 @pytest.mark.parametrize("text, reason", [
     ("[1, 2]", "expected a JSON object"),
