@@ -69,16 +69,13 @@ def _peer(name: str) -> Peer:
 def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] = None) -> Path:
     """npm pack the peer's package (or use a downloaded tarball), keep its model file and write a
     manifest beside it; the folder is complete or absent (written to a temp folder, then renamed)."""
-    from ..compress.fetch_teacher import npm_pack
+    from ..compress.fetch_teacher import check_tarball, npm_pack
 
     peer = _peer(name)
     dest = peer_dir(peer.manifest.name, cache)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        if tarball and not Path(tarball).is_file():
-            what = "is a directory, not an" if Path(tarball).is_dir() else "no such"
-            raise EdgecutError(f"{tarball}: {what} `npm pack` tarball")
-        tgz = Path(tarball) if tarball else npm_pack(peer.package, Path(tmp))
+        tgz = check_tarball(tarball, peer.package) if tarball else npm_pack(peer.package, Path(tmp))
         work = Path(tmp) / "out"
         work.mkdir()
         try:
@@ -88,8 +85,6 @@ def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] 
                     raise KeyError(peer.member)
                 with open(work / peer.manifest.file, "wb") as f:
                     shutil.copyfileobj(src, f)
-        except tarfile.ReadError:
-            raise EdgecutError(f"{tgz}: not a tar archive (an `npm pack` .tgz)") from None
         except (KeyError, tarfile.TarError) as e:
             raise EdgecutError(f"{tgz}: no {peer.member} in the package ({e})") from None
         model = work / peer.manifest.file

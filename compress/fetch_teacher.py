@@ -80,7 +80,7 @@ def _chunk_plan(resources: dict, variant: str) -> tuple:
     return chunks, pos
 
 
-def check_tarball(tarball) -> Path:
+def check_tarball(tarball, package: str = IMGLY_PACKAGE) -> Path:
     """A --tarball that is there, a file and a tar archive, or one line saying which it is not."""
     tarball = Path(tarball)
     if not tarball.exists():
@@ -92,7 +92,7 @@ def check_tarball(tarball) -> Path:
     except OSError as e:
         raise EdgecutError(f"{tarball}: cannot read ({e.strerror or e})") from None
     if not ok:
-        raise EdgecutError(f"{tarball}: not a tar archive (expected the .tgz of `npm pack {IMGLY_PACKAGE}`)")
+        raise EdgecutError(f"{tarball}: not a tar archive (expected the .tgz of `npm pack {package}`)")
     return tarball
 
 

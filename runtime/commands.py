@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from .argtypes import THREADS, integer
 from .errors import EdgecutError
+from .outputs import output_folder, same_file
 
 PNG_LEVEL = 1       # zlib level: 12 MP RGBA at 1 is ~2x faster to write than 6, ~15% larger
 JPEG_QUALITY = 95
@@ -58,16 +59,9 @@ def _scan(folder: Path, exclude: Optional[Path]) -> List[Path]:
     for root, dirs, files in os.walk(folder):
         root_p = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and not (exclude and _same(root_p / d, exclude)))
+                         and not (exclude and same_file(root_p / d, exclude)))
         found.extend(root_p / f for f in sorted(files) if _is_image(f) and (root_p / f).is_file())
     return found
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _kind(args) -> tuple:
@@ -275,7 +269,6 @@ def run_remove(args) -> int:
     # An -o folder that cannot be created (a typo under /proc, a file's name) is one line before
     # the model loads, not the same failure repeated for every photo of the folder.
     if todo and args.output not in (None, "-") and not any(j.dst == Path(args.output) for j in todo):
-        from .outputs import output_folder
         try:
             output_folder(args.output)
         except EdgecutError as e:

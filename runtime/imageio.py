@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EdgecutError
+from .outputs import same_file
 
 __all__ = ["MAX_PIXELS", "load_image", "load_rgb", "save_image_atomic",
            "format_for", "to_rgb"]
@@ -187,13 +188,6 @@ def format_for(path: Union[str, os.PathLike], default: str = "PNG") -> str:
     return fmt
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
     """Write text via a temp file beside it + os.replace: a reader sees the old file or the new
     one, never half of it (manifests, model cards, benchmark JSON and tables)."""
@@ -217,7 +211,7 @@ def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: O
         if path.is_dir():
             raise EdgecutError(f"{path}: is a directory")
         for src in inputs:
-            if _same_file(path, src):
+            if same_file(path, src):
                 raise EdgecutError(f"{path}: refusing to overwrite an input")
     if fmt == "JPEG" and img.mode in ("RGBA", "LA", "PA"):
         raise EdgecutError(f"{path}: JPEG cannot hold transparency (write .png/.webp, or use --bg)")

@@ -45,7 +45,8 @@ def output_file(path: PathLike) -> Path:
     return path
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """os.path.samefile, False where either path is missing or unreadable."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -59,5 +60,5 @@ def refuse_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike], hint:
     for t in targets:
         t = Path(t).expanduser()
         for src in inputs:
-            if _same(t, src) or (src.is_dir() and t.exists() and _same(t.parent, src)):
+            if same_file(t, src) or (src.is_dir() and t.exists() and same_file(t.parent, src)):
                 raise EdgecutError(f"{t}: would overwrite the input {src}; {hint}")

@@ -36,16 +36,6 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def run_video(args) -> int:
     from pathlib import Path
 
@@ -99,7 +89,7 @@ def register(sub) -> None:
     p.add_argument("--smooth", type=_fraction, default=0.6, metavar="S",
                    help="temporal smoothing of the alpha: weight of the previous frame's alpha, "
                         "0 = off; higher = steadier edges, more lag (default: %(default)s)")
-    p.add_argument("--skip", type=_positive, default=1, metavar="N",
+    p.add_argument("--skip", type=integer(1), default=1, metavar="N",
                    help="run the model on every N-th frame and reuse its alpha in between "
                         "(default: every frame)")
     p.add_argument("--max-side", type=integer(16, 16384), metavar="PX",
@@ -111,6 +101,6 @@ def register(sub) -> None:
     p.add_argument("--refine", action="store_true",
                    help="edge-snapping guided upscaling of the alpha (only helps frames >= 4x the "
                         "model's input; slower)")
-    p.add_argument("--frames", type=_positive, metavar="N", help="stop after N frames")
+    p.add_argument("--frames", type=integer(1), metavar="N", help="stop after N frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no FPS lines, no summary")
     p.set_defaults(func=run_video)
