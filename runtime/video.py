@@ -56,8 +56,11 @@ def default_threads() -> int:
 
 def require_cv2():
     # Our own errors name the file and the fix; OpenCV's warnings (camera probing, codec fallbacks)
-    # would only add noise to them. OPENCV_LOG_LEVEL=INFO brings them back.
+    # would only add noise to them, and FFmpeg's own log ("moov atom not found" for a zero-byte
+    # .mp4) is a second line beside ours. OPENCV_LOG_LEVEL=INFO and OPENCV_FFMPEG_LOGLEVEL=24
+    # (FFmpeg's warning level) bring them back.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")     # AV_LOG_QUIET
     try:
         import cv2
     except ImportError:
@@ -250,6 +253,8 @@ class FileSink:
     def __init__(self, path: Union[str, Path], fps: float, inputs=()):
         self.path = Path(path).expanduser()
         suffix = self.path.suffix.lower()
+        if self.path.is_dir():        # before the type check: "unsupported type (none)" misleads
+            raise EdgecutError(f"{self.path}: is a directory, not a video file")
         if suffix not in CODECS:
             raise EdgecutError(f"{self.path}: unsupported video type {suffix or '(none)'} "
                                f"(use {', '.join(CODECS)})")

@@ -168,6 +168,23 @@ def test_bad_inputs_fail_with_one_line(tiny_model_dir, clip, tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_an_empty_mp4_is_one_line_on_stderr_not_ffmpegs_log_too(tiny_model_dir, tmp_path):
+    # FFmpeg writes "moov atom not found" to fd 2 itself, past capsys: so a real process is run.
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "edgecut.cli", "video", "-i", str(tmp_path / "empty.mp4"),
+                           "-o", str(tmp_path / "o.mp4"), "--model", str(tiny_model_dir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"edgecut video: error: {tmp_path / 'empty.mp4'}: "
+                                                "cannot read it as a video"]
+
+
+def test_an_output_that_is_a_folder_is_named_as_one(tiny_model_dir, clip, tmp_path, capsys):
+    assert main(["video", "-i", str(clip), "-o", str(tmp_path), "--model", str(tiny_model_dir)]) == 1
+    (line,) = _errors(capsys.readouterr().err)
+    assert "is a directory" in line and "unsupported" not in line
+
+
 def test_without_opencv_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(EdgecutError, match=r"edgecut\[video\]"):
