@@ -51,7 +51,11 @@ def load_set(root: Path, name: str) -> BenchSet:
     if not pairs:
         raise EdgecutError(f"{d}: no photo has a mask ({len(images)} photos in images/, {len(masks)} PNGs in "
                            "masks/; a mask is masks/<photo name>.png)")
-    return BenchSet(name, pairs, unmatched=len(images) - len(pairs))
+    unmatched, orphans = len(images) - len(pairs), len(set(masks) - {p.stem for p in images})
+    if unmatched or orphans:    # a renamed or missing file would otherwise shrink the set unseen
+        _warn(f"note {d}: {unmatched} photo(s) without a mask and {orphans} mask(s) without a photo "
+              f"are not scored ({len(pairs)} pairs)")
+    return BenchSet(name, pairs, unmatched=unmatched)
 
 
 def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSet]:
@@ -66,8 +70,20 @@ def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSe
 
 
 def load_mask(path: Path) -> np.ndarray:
+    """A 0/255 (128 = ignore) uint8 mask from the ways other data sets store one: 16-bit PNGs
+    (0..65535), label maps of 0/1, and cut-outs whose alpha channel is the mask. Read as plain
+    grey levels, the last two score as empty masks without a word."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
+        if im.mode in ("I;16", "I;16L", "I;16B", "I"):
+            a = np.asarray(im).astype(np.float64)
+            m = np.round(a / 257.0).astype(np.uint8) if a.max() > 255 else np.clip(a, 0, 255).astype(np.uint8)
+        elif "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
+            m = np.asarray(im.getchannel("A"))
+        else:
+            m = np.asarray(im.convert("L"))
+    if m.max() == 1:                                  # a 0/1 label map
+        m = m * np.uint8(255)
+    return m
 
 
 def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.ndarray:

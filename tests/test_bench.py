@@ -48,6 +48,39 @@ def test_sets_are_matched_by_stem(fake_bench):
         accuracy.find_sets(fake_bench, ["nope"])
 
 
+def test_a_photo_or_mask_left_unpaired_is_noted(fake_bench, capsys):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(fake_bench / "grabcut" / "masks" / "renamed.png")
+    accuracy.find_sets(fake_bench)
+    assert ("1 photo(s) without a mask and 1 mask(s) without a photo are not scored (2 pairs)"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("form", ["L 0/255", "L 0/1", "I;16 0/65535", "I;16 0/1", "P 0/1", "RGBA cut-out",
+                                  "LA opaque"])
+def test_masks_stored_other_ways_read_as_0_255(tmp_path, form):
+    truth = np.zeros((6, 8), np.uint8)
+    truth[1:4, 2:6] = 255
+    on = truth > 0
+    if form == "L 0/255":
+        im = Image.fromarray(truth)
+    elif form == "L 0/1":
+        im = Image.fromarray(on.astype(np.uint8))
+    elif form.startswith("I;16"):
+        im = Image.fromarray((on * (65535 if "65535" in form else 1)).astype(np.uint16))
+    elif form == "P 0/1":
+        im = Image.fromarray(on.astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 255, 255])
+    elif form == "RGBA cut-out":                     # colours of the photo, the mask in alpha
+        rgba = np.zeros((6, 8, 4), np.uint8)
+        rgba[..., :3] = 90
+        rgba[..., 3] = truth
+        im = Image.fromarray(rgba, "RGBA")
+    else:
+        im = Image.fromarray(truth).convert("LA")
+    im.save(tmp_path / "m.png")
+    np.testing.assert_array_equal(accuracy.load_mask(tmp_path / "m.png"), truth, err_msg=form)
+
+
 def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys):
     out = tmp_path / "acc.json"
     rc = main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
