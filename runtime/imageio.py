@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EdgecutError
-from .outputs import same_file
+from .outputs import refuse_special, same_file
 
 __all__ = ["MAX_PIXELS", "load_image", "load_rgb", "save_image_atomic",
            "format_for", "to_rgb"]
@@ -191,7 +191,7 @@ def format_for(path: Union[str, os.PathLike], default: str = "PNG") -> str:
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
     """Write text via a temp file beside it + os.replace: a reader sees the old file or the new
     one, never half of it (manifests, model cards, benchmark JSON and tables)."""
-    path = Path(path)
+    path = refuse_special(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -208,8 +208,7 @@ def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: O
     path = Path(path)
     fmt = (format or format_for(path)).upper()
     if path.exists():
-        if path.is_dir():
-            raise EdgecutError(f"{path}: is a directory")
+        refuse_special(path)
         for src in inputs:
             if same_file(path, src):
                 raise EdgecutError(f"{path}: refusing to overwrite an input")

@@ -34,13 +34,24 @@ def output_folder(path: PathLike) -> Path:
     return path
 
 
+def refuse_special(path: PathLike) -> Path:
+    """Refuse a target that exists and is not a regular file. Outputs are written to a temp file
+    and renamed over the target, and renaming over /dev/full or a named pipe replaces the device
+    node itself (as root, in /dev) with a file of results instead of writing into it."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise EdgecutError(f"{path}: is a directory, not a file")
+        raise EdgecutError(f"{path}: is a device, pipe or socket, not a regular file (name a file)")
+    return path
+
+
 def output_file(path: PathLike) -> Path:
     """Check that a file can be written here (its folder created if need be), before the work."""
     path = Path(path).expanduser()
     if path.name == "":
         raise EdgecutError(f"{path}: names a folder, not a file")
-    if path.is_dir():
-        raise EdgecutError(f"{path}: is a directory, not a file")
+    refuse_special(path)
     output_folder(path.parent)
     return path
 

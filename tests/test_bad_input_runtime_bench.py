@@ -310,3 +310,26 @@ def test_fetch_peer_refuses_a_tarball_that_is_no_package_or_holds_no_model(tmp_p
         assert main(["fetch-peer", "mediapipe-selfie", "--tarball", str(tgz)]) == 1
         assert reason in _one_error(capsys.readouterr().err, "fetch-peer")
     assert not list((tmp_path / "cache").rglob("*.tflite"))
+
+
+# --- outputs renamed over a device or pipe would replace the node itself --------------------------
+def test_outputs_never_replace_a_pipe_or_device(model_zoo, tiny_model_dir, fake_bench, photo_path, tmp_path,  # noqa: F811
+                                                 capsys):
+    import os
+    import stat
+
+    from edgecut.runtime.imageio import write_text_atomic
+
+    pipe = tmp_path / "results.json"
+    os.mkfifo(pipe)                       # stands for /dev/full: renaming a temp file over it replaced it
+    assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir),
+                 "--json", str(pipe), "--no-progress"]) == 1
+    assert "not a regular file" in _one_error(capsys.readouterr().err, "bench")
+    cut = tmp_path / "cut.png"
+    os.mkfifo(cut)
+    assert main(["remove", str(photo_path), "-o", str(cut), "--overwrite"]) == 1
+    assert "not a regular file" in _one_error(capsys.readouterr().err, "remove")
+    with pytest.raises(EdgecutError, match="not a regular file"):
+        write_text_atomic(pipe, "{}")
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and stat.S_ISFIFO(cut.stat().st_mode)
+    assert not (tmp_path / "results.txt").exists()
