@@ -93,6 +93,11 @@ def plot(rows: List[dict], path: Path, threads: int = 1) -> Optional[Path]:
                            (axes[1], "people_iou", f"mean IoU, people sets ({', '.join(PEOPLE_SETS)})")):
         pts = [(r["p50_ms"].get(str(threads)), r[key], r) for r in rows]
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        if not pts:        # e.g. a run on --sets without people sets: say so, not an empty legend
+            ax.text(0.5, 0.5, "no results for this panel in this run", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+            ax.set_title(title)
+            continue
         markers = "osD^vP*Xhp<>"   # students sit close together: colour and marker tell them apart,
         colours = plt.get_cmap("tab20").colors   # and 20 colours, where the default 10 repeat in a full report
         for k, (t, acc, r) in enumerate(pts):

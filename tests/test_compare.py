@@ -61,6 +61,18 @@ def test_plot_writes_a_png(rows, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_of_a_run_without_people_sets_warns_of_nothing(tmp_path):
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    rows = compare.merge([_acc("a", "small", {"horse": 0.6})], [_lat("a", 5.0)])
+    assert rows[0]["people_iou"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # matplotlib's "No artists with labels" legend warning
+        out = compare.plot(rows, tmp_path / "r.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def _tarball(tmp_path, member, data):
     tgz = tmp_path / "pkg.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
