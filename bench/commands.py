@@ -65,6 +65,11 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
     if not (16 <= w <= 20000 and 16 <= h <= 20000):
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, each from 16 to 20000 pixels, got {text!r}")
+    from ..runtime.imageio import MAX_PIXELS   # here: the CLI starts without Pillow and numpy
+
+    if w * h > MAX_PIXELS:      # remove refuses such a photo; making it took more memory than 24 GB
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_PIXELS // 1_000_000} MP (what edgecut remove "
+                                         f"takes), got {text!r} ({w * h / 1e6:.0f} MP)")
     return w, h
 
 

@@ -42,6 +42,7 @@ def _digest(folder):
     ["bench", "latency", "--min-time", "nan"],
     ["bench", "latency", "--photo-size", "0x0"],
     ["bench", "latency", "--photo-size", "100000x100000"],
+    ["bench", "latency", "--photo-size", "20000x20000"],      # 400 MP: more than remove takes; ran out of memory
     ["bench", "agree", "--reference", "a", "--max-mean", "nan"],
 ])
 def test_bad_numbers_are_usage_errors(argv, capsys):
@@ -333,3 +334,9 @@ def test_outputs_never_replace_a_pipe_or_device(model_zoo, tiny_model_dir, fake_
         write_text_atomic(pipe, "{}")
     assert stat.S_ISFIFO(pipe.stat().st_mode) and stat.S_ISFIFO(cut.stat().st_mode)
     assert not (tmp_path / "results.txt").exists()
+
+
+def test_latency_photo_that_is_a_folder_is_named_as_one(tiny_model_dir, tmp_path, capsys):
+    assert main(["bench", "latency", "--model", str(tiny_model_dir), "--photo", str(tmp_path), "--no-rss",
+                 "--json", str(tmp_path / "l.json"), "--no-progress"]) == 1
+    assert "is a directory, not a photo" in _one_error(capsys.readouterr().err, "bench")
