@@ -104,8 +104,8 @@ def run_label(args) -> int:
     teacher = resolve_teacher(args.teacher, args.teacher_path)
     out = args.out or default_out_dir(args.images)
     check_out_dir(args.images, out)
+    session = teacher.session(args.threads)   # first: a teacher that fails to load leaves no empty --out
     output_folder(out)
-    session = teacher.session(args.threads)
     summary = label_folder(session, args.images, out, limit=args.limit,
                            progress=not args.no_progress)
     print(f"{out}: {summary.line()}")

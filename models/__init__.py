@@ -137,6 +137,11 @@ def resolve(model: Union[str, os.PathLike] = "default") -> Tuple[Path, Manifest]
         return p, m
     if f"edgecut-{key}" in embedded:
         return _embedded_model(f"edgecut-{key}", embedded[f"edgecut-{key}"])
+    if p.is_file():      # a photo or a checkpoint given as --model: "unknown model" would mislead
+        raise EdgecutError(f"{p}: not a model (expected an .onnx or .tflite file with its manifest, "
+                           "a manifest .json or a model folder)")
+    if p.is_dir():
+        raise EdgecutError(f"{p}: a folder without manifest.json, so not a model folder")
     names = ", ".join(embedded) or "none"
     raise EdgecutError(
         f"unknown model {key!r}: not an embedded model (available: {names}) "

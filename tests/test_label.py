@@ -136,6 +136,16 @@ def test_label_unknown_teacher_is_one_line(photos, capsys):
     assert "no-such-teacher" in capsys.readouterr().err
 
 
+def test_a_teacher_path_that_is_no_model_is_named_and_leaves_no_out_folder(photos, tmp_path, capsys):
+    photo = sorted(photos.iterdir())[0]
+    out = tmp_path / "labels"
+    assert main(["label", "--teacher", "u2net", "--teacher-path", str(photo), "--out", str(out), str(photos),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{photo}: not a model" in err and "unknown model" not in err
+    assert not out.exists()
+
+
 def test_label_default_out_refuses_read_only_or_shared_data(tiny_model_dir, photos, monkeypatch, capsys):
     argv = ["label", "--teacher", str(tiny_model_dir), str(photos), "--no-progress"]
     monkeypatch.setenv("EDGECUT_DATA", str(photos.parent))       # the photos are "shared data"
