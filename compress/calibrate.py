@@ -40,6 +40,9 @@ def heldout_tensors(run_dir, input_size: int, mean, std, data=None):
                                 f"(--heldout-data)")
     pairs = find_pairs(data, set(cfg.get("sets") or ()) or None, cfg.get("label_roots", ()),
                        cfg.get("exclude", ()))
+    if not pairs:   # another folder than the one it trained on: that, not "the run held none out"
+        raise ValueError(f"{data}: none of the run's training photos are here (<set>/images with alphas); "
+                         f"give the folder it trained on (--heldout-data)")
     _, held = split_pairs(pairs, cfg.get("holdout", 0.03))
     if not held:
         raise ValueError(f"{run_dir}: the run has no held-out photos to calibrate on")

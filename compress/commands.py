@@ -66,10 +66,16 @@ def run_fetch_teacher(args) -> int:
         check_tarball(args.tarball)
     if args.cache:
         output_folder(args.cache)
+    made = not d.exists()
     output_folder(d)
     if not args.tarball:
         print(f"fetching isnet-imgly-{args.variant} (npm, ~90-140 MB) ...", file=sys.stderr)
-    d = fetch_teacher(args.variant, args.cache, args.tarball, args.force)
+    try:
+        d = fetch_teacher(args.variant, args.cache, args.tarball, args.force)
+    except BaseException:   # a failed or interrupted fetch leaves no empty teacher folder behind
+        if made and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+        raise
     print(f"{d / 'model.onnx'}  (licence AGPL-3.0: keep it out of distributed artefacts)")
     return 0
 
@@ -92,7 +98,7 @@ def add_label(sub) -> None:
 def run_label(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.outputs import output_folder
-    from .label import check_out_dir, default_out_dir, find_images, label_folder
+    from .label import check_out_dir, default_out_dir, find_images, label_folder, printable
     from .teachers import resolve_teacher
 
     if not args.images.is_dir():   # before the teacher loads: a mistyped folder is one line at once
@@ -108,7 +114,7 @@ def run_label(args) -> int:
     output_folder(out)
     summary = label_folder(session, args.images, out, limit=args.limit,
                            progress=not args.no_progress)
-    print(f"{out}: {summary.line()}")
+    print(f"{printable(str(out))}: {summary.line()}")
     return 1 if summary.failed else 0
 
 
@@ -215,11 +221,10 @@ def data_options(args) -> dict:
     data = args.data or str(train_root())
     if not Path(data).is_dir():
         raise EdgecutError(f"{data}: no such training folder (set --data or EDGECUT_DATA)")
-    if args.exclude and not Path(args.exclude).is_dir():
-        raise EdgecutError(f"--exclude {args.exclude}: no such folder")
-    for root in args.label_root:
-        if not Path(root).is_dir():
-            raise EdgecutError(f"--label-root {root}: no such folder")
+    folders = ([("--exclude", args.exclude)] if args.exclude else []) + [("--label-root", r) for r in args.label_root]
+    for flag, folder in folders:
+        if not Path(folder).is_dir():
+            raise EdgecutError(f"{flag} {folder}: {'not a folder' if Path(folder).exists() else 'no such folder'}")
     return {"data": data, "sets": tuple(s for s in args.sets.split(",") if s),
             "label_roots": tuple(args.label_root),
             "exclude": tuple(f.name for f in Path(args.exclude).iterdir()) if args.exclude else ()}
@@ -393,6 +398,10 @@ def run_export(args) -> int:
 
     if args.default and not args.embed:
         raise EdgecutError("--default makes the embedded copy the default model: it needs --embed")
+    if args.heldout_data and not args.calibrate:   # else ignored, and the model silently left uncalibrated
+        raise EdgecutError("--heldout-data is where --calibrate finds the run's photos: it needs --calibrate")
+    if args.not_portable and not (args.int8 and args.format == "onnx"):
+        raise EdgecutError("--not-portable changes the onnx int8 model: it needs --int8 (and --format onnx)")
     if args.input_size is not None:
         check_input_size(args.input_size or -1, f"--input-size {args.input_size}")
     shipped_dir, shipped = (None, None) if _is_checkpoint(args.checkpoint) else _shipped_model(args.checkpoint)
@@ -410,6 +419,8 @@ def run_export(args) -> int:
 
         targets.append(embedded_dir() / args.name)
     refuse_inputs(targets, [shipped_dir or args.checkpoint], "pass another --out or --name")
+    if args.embed:   # checked before the export, not found after it
+        output_folder(embedded_dir())
     if shipped is None:
         load_checkpoint(args.checkpoint)   # not a checkpoint: one line before the photos are read
     output_folder(args.out)
@@ -521,9 +532,12 @@ def run_model_card(args) -> int:
     from ..runtime.errors import EdgecutError
     from . import model_card
 
+    if args.folder.is_file():   # the manifest (or model) itself: the card goes in its folder
+        raise EdgecutError(f"{args.folder}: a file, not a model folder; pass {args.folder.parent}")
     if not (args.folder / "manifest.json").is_file():
-        raise EdgecutError(f"{args.folder}: no manifest.json")
+        raise EdgecutError(f"{args.folder}: {'no manifest.json' if args.folder.is_dir() else 'no such folder'}")
     if args.bench and not args.bench.is_file():
-        raise EdgecutError(f"{args.bench}: no such file")
+        why = "is a folder" if args.bench.is_dir() else "not a regular file" if args.bench.exists() else "no such file"
+        raise EdgecutError(f"{args.bench}: {why}")
     print(model_card.write(args.folder, args.bench))
     return 0

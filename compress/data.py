@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..runtime.errors import EdgecutError
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 ALPHA_EXTS = (".png", ".webp")
 
@@ -89,14 +91,23 @@ def split_pairs(pairs, fraction: float = 0.03):
 
 def open_pair(pair: Pair, max_side: int = 320, resample=Image.BILINEAR):
     """-> (RGB photo, L alpha) as PIL images of one size, long side at most max_side; `resample`
-    is the photo's filter when shrinking (the alpha is always bilinear)."""
-    img = Image.open(pair.image).convert("RGB")
-    alpha = Image.open(pair.alpha).convert("L")
+    is the photo's filter when shrinking (the alpha is always bilinear). The photo is read as the
+    runtime and `edgecut label` read it (upright by its EXIF orientation, 16-bit scaled, not
+    clipped): a phone photo stored sideways would otherwise train sideways against its upright label."""
+    from ..runtime.imageio import load_image
+
+    img = load_image(pair.image)
+    if pair.human:   # 0/1 label maps, 16-bit PNGs and cut-outs read as the benchmark reads masks, not as empty
+        from ..bench.accuracy import load_mask
+
+        alpha = Image.fromarray(load_mask(pair.alpha))
+    else:
+        alpha = Image.open(pair.alpha).convert("L")
     if alpha.size != img.size:
         alpha = alpha.resize(img.size, Image.BILINEAR)
     scale = max_side / max(img.size)
-    if scale < 1:
-        size = (round(img.width * scale), round(img.height * scale))
+    if scale < 1:   # at least 1 px across: a 3000x2 strip would round to 0 and fail to resize
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img, alpha = img.resize(size, resample), alpha.resize(size, Image.BILINEAR)
     return img, alpha
 
@@ -140,7 +151,7 @@ def load_pairs(pairs, max_side: int = 320, progress: bool = True):
     for p in it:
         try:
             samples.append(load_pair(p, max_side))
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        except (EdgecutError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
             write(_unreadable(p, e), file=sys.stderr)
             continue
         kept.append(p)

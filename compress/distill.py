@@ -187,6 +187,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if ck["variant"] != cfg.variant:
             raise EdgecutError(f"{last}: checkpoint is for another variant ({ck['variant']}, not {cfg.variant}); "
                                f"pass another --out or the same --variant")
+        trained = ck.get("input_size") or get_variant(ck["variant"]).input_size
+        if trained != scfg.input_size:   # resuming would go on at the new size under the old schedule
+            raise EdgecutError(f"{last}: the run trains at {trained} px, not {scfg.input_size}; pass the same "
+                               f"--input-size to resume it, or another --out with --init {last} to fine-tune")
+        steps = ck.get("steps") or cfg.steps   # a time-budgeted run keeps its own (see below)
+        if ck["step"] >= steps and not (out / "best.pt").is_file():
+            # an interrupted run resumed with fewer --steps: the loop would not run and no best.pt be saved
+            raise EdgecutError(f"{last}: already at step {ck['step']}, past --steps {steps}, and no best.pt "
+                               f"saved yet; pass a larger --steps to train on")
     hint = ("pass another --out or the same --variant" if start == last
             else "--init takes a checkpoint of the same --variant (or a pruned one)")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))

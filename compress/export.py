@@ -136,6 +136,8 @@ def calibration_photos(folder, n: int, seed: int = 0, warned=None) -> list[Path]
     from ..runtime.errors import EdgecutError
 
     exts = {".jpg", ".jpeg", ".png", ".webp"}
+    if not Path(folder).is_dir():   # a photo or a typo: "no photos under it" would send the user looking in it
+        raise FileNotFoundError(f"{folder}: {'not a folder of photos' if Path(folder).exists() else 'no such folder'}")
     photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and "teacher" not in p.parts
                     and "masks" not in p.parts)
     if not photos:

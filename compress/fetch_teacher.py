@@ -87,6 +87,8 @@ def check_tarball(tarball, package: str = IMGLY_PACKAGE) -> Path:
         raise EdgecutError(f"{tarball}: no such file")
     if tarball.is_dir():
         raise EdgecutError(f"{tarball}: is a folder, not an `npm pack` tarball")
+    if not tarball.is_file():   # a FIFO waits for a writer forever, /dev/zero never ends; both are read twice
+        raise EdgecutError(f"{tarball}: not a regular file (a pipe or device); pass the downloaded .tgz")
     try:
         ok = tarfile.is_tarfile(tarball)
     except OSError as e:
@@ -109,6 +111,8 @@ def assemble_model(tarball: Path, variant: str, dest: Path) -> tuple:
                 chunks, size = _chunk_plan(resources, variant)
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise EdgecutError(f"{tarball}: unreadable {RESOURCES} ({type(e).__name__}: {e})") from None
+            except EdgecutError as e:   # no such variant, chunks that do not tile: which tarball says so
+                raise EdgecutError(f"{tarball}: {e}") from None
             wanted = {f"package/dist/{c['hash']}" for c in chunks}
             data = {}
             for m in tar:          # one pass in archive order: random access into a .tgz re-inflates

@@ -198,6 +198,8 @@ def read_bench(path) -> dict:
     if not ok:
         raise EdgecutError(f"{path}: not the results of `edgecut bench accuracy --json` "
                            "(needs models, each with name, sets and mean)")
+    if not isinstance(bench.get("machine", {}), dict):   # the card reads its cpu
+        raise EdgecutError(f"{path}: 'machine' is not an object (bench accuracy writes {{\"cpu\": ...}})")
     return bench
 
 

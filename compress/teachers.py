@@ -130,9 +130,20 @@ def _from_path(path: Path, spec: Optional[str]) -> Teacher:
     path = path.expanduser()
     if not path.exists():
         raise EdgecutError(f"{path}: no such teacher model")
+    from ..models import MODEL_SUFFIXES
+
     folder = path if path.is_dir() else path.parent
+    suffix = path.suffix.lower() if path.is_file() else ""
+    if suffix and suffix not in (*MODEL_SUFFIXES, ".json"):   # a photo: naming a SPEC for it would not help
+        raise EdgecutError(f"{path}: not a model (expected an .onnx or .tflite file with its manifest, "
+                           "a manifest .json or a model folder)")
     if spec:
         manifest = teacher_manifest(spec)
+    elif suffix == ".json":   # a manifest by another name, as `--model` takes one
+        manifest = Manifest.load(path)
+        if not (folder / manifest.file).is_file():
+            raise EdgecutError(f"{path}: its model file {folder / manifest.file} not found")
+        path = folder / manifest.file
     elif (folder / "manifest.json").is_file():
         manifest = Manifest.load(folder / "manifest.json")
     else:
