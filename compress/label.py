@@ -95,14 +95,19 @@ def check_out_dir(images_dir: Path, out_dir: Path) -> None:
 
 
 def is_valid_png(path: Path) -> bool:
+    return png_mode(path) is not None
+
+
+def png_mode(path: Path) -> Optional[str]:
+    """The mode of a PNG that decodes in full, else None (not there, not a PNG, truncated)."""
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
-                return False
+                return None
             im.load()          # verify() misses truncated pixel data; a full decode does not
-        return True
+            return im.mode
     except (OSError, SyntaxError, ValueError):
-        return False
+        return None
 
 
 def teacher_alpha(session, rgb: np.ndarray) -> np.ndarray:
@@ -153,8 +158,14 @@ def label_folder(session, images_dir: Path, out_dir: Path, limit: Optional[int] 
             summary.failed.append((image, f"its label {dest} is an input photo"))
             log(f"skip {image}: its label {dest} is an input photo")
             continue
-        if dest.exists() and is_valid_png(dest):
+        mode = png_mode(dest) if dest.exists() else None
+        if mode == "L":
             summary.skipped += 1
+            continue
+        if mode is not None:   # a colour photo where its label goes (--out a photo folder): not done, and kept
+            reason = f"{dest} exists and is not a grey label (mode {mode}; left as it is; pass another --out)"
+            summary.failed.append((image, reason))
+            log(f"skip {image}: {reason}")
             continue
         try:
             rgb = load_image(image)

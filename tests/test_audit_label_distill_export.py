@@ -62,6 +62,18 @@ def test_label_teacher_that_is_a_photo_or_a_renamed_manifest(tiny_model_dir, tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
+def test_label_out_holding_colour_photos_is_not_taken_as_done(tiny_model_dir, tmp_path, capsys):
+    """--out a folder of photos with the same names said '0 written, 2 already done'."""
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    block_photos(photos, 2)
+    block_photos(other, 2, seed=1)
+    before = {p: p.read_bytes() for p in other.iterdir()}
+    assert main(["label", str(photos), "--teacher", str(tiny_model_dir), "--out", str(other), "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    assert "0 already done, 2 failed" in cap.out and cap.err.count("not a grey label") == 2
+    assert {p: p.read_bytes() for p in other.iterdir()} == before
+
+
 # --- fetch-teacher ---------------------------------------------------------------------------------
 class Hung(Exception):
     pass
