@@ -5,6 +5,7 @@ Only argparse at import time: torch, onnx and tqdm are imported inside the handl
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -436,7 +437,10 @@ def run_export(args) -> int:
         model, ck = _shipped_student(shipped_dir, photos or _batchnorm_photos(args.calib))
     else:
         model, ck = load_student(args.checkpoint)
-    extra = {"checkpoint_step": ck.get("step"), "holdout": ck.get("holdout")}
+    held = ck.get("holdout")
+    if not (isinstance(held, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in held.values())):
+        held = None   # a run with no held-out photos scores NaN, which is no JSON (nor an IoU for the card)
+    extra = {"checkpoint_step": ck.get("step"), "holdout": held}
     if args.input_size is not None:
         extra["trained_input_size"] = model.cfg.input_size
         _resize_student(model, args.input_size)

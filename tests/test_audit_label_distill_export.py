@@ -204,6 +204,18 @@ def test_export_embed_into_no_folder_fails_before_the_export(data, tmp_path, mon
     assert not (tmp_path / "o" / "x").exists()
 
 
+def test_export_of_a_run_without_held_out_photos_writes_strict_json(data, tmp_path, capsys):
+    """--holdout 0 scores NaN; the manifest said "iou": NaN (no JSON outside Python) and the card 'IoU nan'."""
+    run = tmp_path / "run"
+    assert main([*DISTILL, "--data", str(data), "--out", str(run), "--steps", "1", "--holdout", "0"]) == 0
+    assert main(["export", str(run / "best.pt"), "--name", "x", "--out", str(tmp_path / "o")]) == 0
+    text = (tmp_path / "o" / "x" / "manifest.json").read_text()
+    manifest = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the manifest"))
+    assert manifest["extra"]["holdout"] is None
+    assert main(["model-card", str(tmp_path / "o" / "x")]) == 0
+    assert "IoU nan" not in (tmp_path / "o" / "x" / "MODEL_CARD.md").read_text()
+
+
 def test_calibrate_names_a_heldout_folder_without_the_runs_photos(data, tmp_path, capsys):
     best = _run(tmp_path / "A", data, holdout=0.5)
     photos = tmp_path / "photos"
