@@ -10,6 +10,7 @@ activation ranges seen in calibration are the ones seen in use.
 """
 from __future__ import annotations
 
+import io
 import random
 import sys
 import shutil
@@ -101,8 +102,10 @@ def export_onnx(model, out_dir, name: str, *, teacher=DEFAULT_TEACHER, data=DEFA
     with _new_folder(folder):
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             tmp_path = Path(tmp) / "model.onnx"
-            torch.onnx.export(model, torch.zeros(1, 3, size, size), str(tmp_path), input_names=["input"],
+            graph = io.BytesIO()   # torch's C++ writer takes no path whose name is not UTF-8; Python's open does
+            torch.onnx.export(model, torch.zeros(1, 3, size, size), graph, input_names=["input"],
                               output_names=["alpha"], opset_version=17, dynamo=False, do_constant_folding=True)
+            tmp_path.write_bytes(graph.getvalue())
             tmp_path.replace(folder / "model.onnx")
     manifest = Manifest(
         name=name, file="model.onnx", format="onnx", precision="fp32", input_size=(size, size),

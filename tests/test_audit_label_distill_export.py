@@ -186,6 +186,18 @@ def test_export_refuses_options_it_would_ignore(data, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_export_onnx_into_a_folder_whose_name_is_not_utf8(tmp_path):
+    """torch.onnx.export's C++ writer raised a TypeError traceback for such a path."""
+    from edgecut.compress.export import export_onnx
+    from edgecut.models.student import create_student
+
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/out\xff"))
+    folder = export_onnx(create_student(TINY).eval(), out, "x")
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
+    assert json.loads((folder / "manifest.json").read_text())["name"] == "x"
+
+
 def test_export_calib_that_is_a_photo_or_missing_is_named(data, tmp_path, capsys):
     best = _run(tmp_path / "A", data)
     photos = tmp_path / "photos"
