@@ -64,6 +64,9 @@ def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSe
         raise EdgecutError(f"{root}: no such bench folder (set --data or EDGECUT_DATA)")
     if not names:
         names = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+        if not names and (root / "images").is_dir():    # --data named one set, not the folder of sets
+            raise EdgecutError(f"{root}: is a bench set itself; pass --data {root.resolve().parent} "
+                               f"--sets {root.resolve().name}")
         if not names:
             raise EdgecutError(f"{root}: no <set>/images folders")
     return [load_set(root, n) for n in names]
@@ -99,7 +102,9 @@ def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.n
 
 def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: bool = True,
                  tick=lambda: None, log=_warn, cache=None) -> dict:
-    """`cache`: a PredictionCache; cached alphas of this exact model file are scored, not recomputed."""
+    """`cache`: a PredictionCache; cached alphas of this exact model file are scored, not recomputed.
+    A cache that cannot be written (full disk, a folder where an entry goes) is noted and the photo
+    still scored: its prediction took the model seconds and is not the photo's fault."""
     from ..runtime.imageio import load_image
 
     acc = SetMetrics()
@@ -111,7 +116,14 @@ def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: 
             if pred is None or pred.shape != gt.shape:
                 pred = predict(session, load_image(image), gt.shape, refine)
                 if cache is not None:
-                    cache.put(bench.name, image, pred)
+                    try:
+                        cache.put(bench.name, image, pred)
+                    except (EdgecutError, OSError) as e:
+                        log(f"note: {image} is scored but not cached, nor the rest of {bench.name} "
+                            f"({str(e).splitlines()[0] or type(e).__name__})")
+                        cache = None    # once, not a line per photo of a full disk
+            elif cache is not None:
+                cache.hits += 1
         except (EdgecutError, OSError, ValueError, SyntaxError) as e:
             failed.append(str(image))
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -155,6 +167,8 @@ def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[in
                 per_set[bench.name] = evaluate_set(session, bench, limit, refine,
                                                    tick=(bar.update if bar is not None else lambda: None), log=log,
                                                    cache=cache)
+            if cache is not None and cache.hits:   # a rerun after an interruption resumes: say so
+                log(f"note: {cache.hits} prediction(s) of {info['name']} read from the cache {cache.dir}")
             results.append({**info, "sets": per_set, "mean": mean_over_sets(per_set)})
     finally:
         if bar is not None:

@@ -22,6 +22,7 @@ class PredictionCache:
     def __init__(self, root, model_path, refine: bool = True, tta: bool = False):
         digest = sha256_of(model_path)[:16]
         self.dir = Path(root) / f"{digest}-{'refine' if refine else 'bilinear'}{'-tta' if tta else ''}"
+        self.hits = 0                   # entries scored instead of recomputed, counted by the caller
 
     def _path(self, set_name: str, image: Path) -> Path:
         return self.dir / set_name / (Path(image).stem + ".png")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from ..runtime.argtypes import MAX_THREADS, THREADS, integer, number
@@ -85,13 +87,66 @@ def _model_paths(args) -> list:
     return paths
 
 
-def _check_outputs(args, files=()) -> None:
-    """Every path the verb will write, checked before the models run (a report takes half an hour),
-    and none of them may be a model file or manifest the verb reads."""
+def _models(args) -> list:
+    """The --model values, each once: a repeated one doubled the run (an hour for a teacher) and
+    its rows in every table."""
+    models = []
+    for spec in args.model or ["default"]:
+        if not spec.strip() or spec.strip() == "+tta":
+            raise EdgecutError(f"--model {spec!r}: name a model (see `edgecut models`)")
+        if spec in models:
+            print(f"note: --model {spec} is given twice; it is benchmarked once", file=sys.stderr)
+        else:
+            models.append(spec)
+    return models
+
+
+def _sets(args) -> list:
+    """The bench sets of --data/--sets. A set is a folder of --data by name: an empty name (from
+    `--sets a,`) read as --data itself, and a path such as ../other/set put its cache entries
+    outside the --cache folder."""
+    from . import accuracy
+
+    names = None
+    if args.sets:
+        names = list(dict.fromkeys(n.strip().rstrip("/") for n in args.sets.split(",") if n.strip()))
+        if not names:
+            raise EdgecutError(f"--sets {args.sets!r}: name at least one set")
+        for n in names:
+            if n in (".", "..") or "/" in n or "\\" in n:
+                raise EdgecutError(f"--sets {n!r}: name a set folder inside --data, not a path")
+    return accuracy.find_sets(args.data or accuracy.default_data_dir(), names)
+
+
+def _open_models(models, args) -> None:
+    """Open every model once before the work: a teacher that is missing, named last, failed only
+    after the others had run (half an hour of a report), and nothing was written."""
+    from ..compress.teachers import open_model
+
+    for spec in models + ([args.reference] if getattr(args, "reference", None) else []):
+        open_model(spec, args.teacher_path, 1)
+
+
+def _bench_files(sets) -> list:
+    return [f for s in sets for pair in s.pairs for f in pair]
+
+
+def _check_outputs(args, files=(), inputs=()) -> None:
+    """Every path the verb will write, checked before the models run (a report takes half an hour);
+    none of them may be a model file or manifest the verb reads, nor a photo or mask (`inputs`),
+    nor another of its outputs (--json r.txt was replaced by the table written beside it)."""
     files = [f for f in (args.json, *files) if f is not None]
     for f in files:
         output_file(f)
-    refuse_inputs(files + [f.with_suffix(".txt") for f in files], _model_paths(args),
+    tables = [args.json.with_suffix(".txt")] if args.json is not None and args.bench_command != "report" else []
+    seen = {}
+    for f in files + tables:
+        key = Path(os.path.abspath(f.expanduser()))
+        if key in seen:
+            raise EdgecutError(f"{f}: two outputs of this run would be this one file (--json is where the "
+                               "table's .txt or one of --out's files goes); give --json a name ending in .json")
+        seen[key] = f
+    refuse_inputs(files + [f.with_suffix(".txt") for f in files], [*_model_paths(args), *inputs],
                   hint="write the results elsewhere (--json / --out)")
     if args.json is None:
         from .report import default_json_path
@@ -118,10 +173,10 @@ def add_accuracy(bench) -> None:
 def run_accuracy(args) -> int:
     from . import accuracy, report
 
-    sets = accuracy.find_sets(args.data or accuracy.default_data_dir(),
-                              [s.strip() for s in args.sets.split(",")] if args.sets else None)
-    models = args.model or ["default"]
-    _check_outputs(args)
+    sets = _sets(args)
+    models = _models(args)
+    _check_outputs(args, inputs=_bench_files(sets))
+    _open_models(models, args)
     results = accuracy.run_accuracy(models, sets, args.limit, args.threads, args.teacher_path,
                                     refine=not args.no_refine, progress=not args.no_progress,
                                     cache_dir=args.cache)
@@ -165,11 +220,13 @@ def add_latency(bench) -> None:
 def run_latency(args) -> int:
     from . import latency, report
 
-    _check_outputs(args)
+    models = _models(args)
+    _check_outputs(args, inputs=[args.photo] if args.photo else [])
+    _open_models(models, args)
     cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, min_seconds=args.min_time, photo=args.photo,
                                 photo_size=args.photo_size, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
-    results, photo = latency.run_latency(args.model or ["default"], cfg)
+    results, photo = latency.run_latency(models, cfg)
     head = report.header("latency", args)
     printed = report.machine_line(head["machine"]) + "\n\n" + latency.results_tables(results)
     if args.profile:
@@ -206,13 +263,14 @@ def run_report(args) -> int:
     from . import accuracy, compare, report
 
     data = args.data or accuracy.default_data_dir()
-    sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
-    models = args.model or ["default"]
+    sets = _sets(args)
+    models = _models(args)
     stem = args.out
     if stem.name in ("", ".", ".."):
         raise EdgecutError(f"--out {str(stem)!r}: give a file stem, e.g. runs/bench/report")
     _check_outputs(args, [stem.with_suffix(".md"), stem.with_suffix(".png")]
-                   + ([] if args.json else [stem.with_suffix(".json")]))
+                   + ([] if args.json else [stem.with_suffix(".json")]), inputs=_bench_files(sets))
+    _open_models(models, args)
     res = compare.build_report(models, sets, args.threads, args.runs, args.cache, args.teacher_path,
                                progress=not args.no_progress, min_seconds=args.min_time)
     md = compare.markdown(res["rows"], args.threads, [s.name for s in sets])
@@ -248,9 +306,11 @@ def run_agree(args) -> int:
     if not args.model:
         raise EdgecutError("bench agree: name the models to compare with --model (and --reference)")
     data = args.data or accuracy.default_data_dir()
-    sets = accuracy.find_sets(data, [s.strip() for s in args.sets.split(",")] if args.sets else None)
-    _check_outputs(args)
-    results = agreement.run_agreement(args.reference, args.model, sets, args.limit, args.threads,
+    sets = _sets(args)
+    models = _models(args)
+    _check_outputs(args, inputs=_bench_files(sets))
+    _open_models(models, args)
+    results = agreement.run_agreement(args.reference, models, sets, args.limit, args.threads,
                                       args.teacher_path, progress=not args.no_progress)
     printed = agreement.results_table(results)
     print(printed)

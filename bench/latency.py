@@ -205,7 +205,9 @@ def run_latency(models: Sequence[str], cfg: LatencyConfig) -> Tuple[List[dict], 
         if cfg.photo:
             photo = Path(cfg.photo)
             if not photo.is_file():
-                raise EdgecutError(f"{photo}: " + ("is a directory, not a photo" if photo.is_dir() else "no such photo"))
+                raise EdgecutError(f"{photo}: " + ("is a directory, not a photo" if photo.is_dir() else
+                                                   "not a regular file (a device or pipe)" if photo.exists() else
+                                                   "no such photo"))
             photo_info = {"path": str(photo), "synthetic": False}
         else:
             photo = synth_photo(cfg.photo_size, Path(tmp) / "synthetic.jpg")

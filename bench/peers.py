@@ -16,6 +16,7 @@ import dataclasses
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -87,6 +88,8 @@ def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] 
                     shutil.copyfileobj(src, f)
         except (KeyError, tarfile.TarError) as e:
             raise EdgecutError(f"{tgz}: no {peer.member} in the package ({e})") from None
+        except (EOFError, zlib.error) as e:   # a download cut short passes is_tarfile on its first block
+            raise EdgecutError(f"{tgz}: truncated or damaged archive ({e}); download it again") from None
         model = work / peer.manifest.file
         with open(model, "rb") as f:
             head = f.read(8)
