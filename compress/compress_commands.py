@@ -6,6 +6,7 @@ Only argparse at import time: torch, torch_pruning and onnxruntime's tools load 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..runtime.argtypes import THREADS, integer, number
@@ -23,6 +24,61 @@ def register(sub) -> None:
     add_rewrite(verbs)
     add_recover(verbs)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+@contextmanager
+def _output_run(folder):
+    """output_folder for a verb that writes its files only at the end (prune, soup, ensemble, recover,
+    rewrite): a folder made here is removed again when the verb fails or is interrupted, so a refusal
+    found late, a failed step or a full disk leaves no empty or half-written folder that looks like a run."""
+    from ..runtime.outputs import output_folder
+    from .export import _new_folder
+
+    folder = Path(folder)
+    output_folder(folder if folder.exists() else folder.parent)   # a file there, or no write access: one line
+    with _new_folder(folder):
+        yield folder
+
+
+def _refuse_a_run(folder: Path, mark: str = "recovered_from", verb: str = "recover") -> None:
+    """recover, soup and ensemble write FOLDER/best.pt: refuse a folder holding a checkpoint the verb did
+    not write (a distill run's best.pt or last.pt, which it would silently replace); its own earlier
+    output (a checkpoint carrying `mark`) may go, so a rerun replaces it."""
+    from ..runtime.errors import EdgecutError
+    from .loaders import load_checkpoint
+
+    folder = Path(folder)
+    if (folder / "last.pt").exists():
+        raise EdgecutError(f"{folder}: holds a training run (last.pt); pass a new --out folder")
+    best = folder / "best.pt"
+    if best.exists():
+        try:
+            ours = bool(load_checkpoint(best).get(mark))
+        except EdgecutError:
+            ours = False
+        if not ours:
+            raise EdgecutError(f"{best}: a checkpoint `compress {verb}` did not write would be replaced; "
+                               "pass a new --out folder")
+
+
+def _refuse_ensemble(ck: dict, path, verb: str) -> None:
+    """prune and qat rebuild one student from the checkpoint's variant: an ensemble has none."""
+    from ..runtime.errors import EdgecutError
+
+    if ck.get("ensemble"):
+        raise EdgecutError(f"{path}: an ensemble of {len(ck['ensemble'])} students; {verb} each member's "
+                           "checkpoint, then build the ensemble again (edgecut compress ensemble)")
+
+
+def _refuse_repeats(paths, what: str) -> None:
+    """The same checkpoint twice is one run counted twice: a soup of it is that run, called a soup."""
+    from ..runtime.errors import EdgecutError
+    from ..runtime.outputs import same_file
+
+    for i, a in enumerate(paths):
+        for b in paths[:i]:
+            if same_file(a, b):
+                raise EdgecutError(f"{a}: given twice ({b}); {what}")
 
 
 def add_finetune_args(p) -> None:
@@ -62,10 +118,10 @@ def add_prune(sub) -> None:
 
 def run_prune(args) -> int:
     from ..runtime.errors import EdgecutError
-    from ..runtime.outputs import output_folder
     from .loaders import load_checkpoint
 
-    load_checkpoint(args.checkpoint)   # missing, a folder or not a checkpoint: one line before any work
+    ck = load_checkpoint(args.checkpoint)   # missing, a folder or not a checkpoint: one line before any work
+    _refuse_ensemble(ck, args.checkpoint, "prune")
     fraction = args.target_macs if args.target_macs is not None else args.target_params
     if not 0 < fraction < 1:
         raise EdgecutError(f"a target is the fraction to keep, between 0 and 1 (got {fraction})")
@@ -96,13 +152,13 @@ def run_prune(args) -> int:
     out = args.out or Path("runs/prune") / args.checkpoint.resolve().parent.name
     if (out / "pruned.pt").resolve() == args.checkpoint.resolve():
         raise EdgecutError(f"{out / 'pruned.pt'}: would overwrite the input checkpoint; pass another --out")
-    output_folder(out)
     pcfg = PruneConfig(target_macs=args.target_macs, target_params=args.target_params, importance=args.importance,
                        round_to=args.round_to, steps=args.steps, finetune_steps=args.finetune_steps)
-    try:
-        path = prune_checkpoint(args.checkpoint, out, pcfg, train_cfg, progress=not args.no_progress)
-    except FileNotFoundError as e:
-        raise EdgecutError(str(e)) from None
+    with _output_run(out):
+        try:
+            path = prune_checkpoint(args.checkpoint, out, pcfg, train_cfg, progress=not args.no_progress)
+        except FileNotFoundError as e:
+            raise EdgecutError(str(e)) from None
     print(f"pruned checkpoint: {path}  (export it with: edgecut export {path} --name NAME)")
     return 0
 
@@ -124,7 +180,8 @@ def add_quantize(sub) -> None:
                    help="mixed precision: leave the K activations with the worst int8 SQNR in float")
     p.add_argument("--report", action="store_true", help="print per-layer SQNR (fp32 vs int8), worst first")
     p.add_argument("--report-n", type=integer(1), default=8, help="photos for the report and --auto-exclude")
-    p.add_argument("--report-json", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--report-json", type=Path, default=None,
+                   help="also write the report as JSON here (implies --report)")
     p.add_argument("--name", default=None, help="output model name (default: <input name>-int8)")
     p.add_argument("--out", type=Path, default=None, help="parent folder of OUT/NAME (default: beside MODEL_DIR)")
     p.set_defaults(func=run_quantize)
@@ -151,13 +208,18 @@ def run_quantize(args) -> int:
         raise EdgecutError(f"{out / name}: would overwrite the input model; pass another --name or --out")
     check_onnx(args.model_dir / m.file)
     if args.report_json:
+        args.report = True   # a JSON of the report is asked for: without the report there would be none
         refuse_inputs([args.report_json], [args.model_dir / m.file, manifest_path], "pass another --report-json")
+        dest = (out / name).resolve()
+        if args.report_json.resolve() == dest or dest in args.report_json.resolve().parents:
+            # it would replace the model's model.onnx or manifest.json, or be removed with a failed model
+            raise EdgecutError(f"--report-json {args.report_json}: inside the output model folder {out / name}; "
+                               "pass a path outside it")
         output_file(args.report_json)
     from .export import calibration_photos
     from .quantize import check_exclusions, errors_json, quantize_model, report_table
 
     check_exclusions(args.model_dir, args.exclude, args.auto_exclude)   # before anything is written
-    output_folder(out)
 
     calib = args.calib or train_root()
     try:
@@ -166,6 +228,7 @@ def run_quantize(args) -> int:
         probe = calibration_photos(calib, args.report_n, seed=1, warned=warned) if (args.report or args.auto_exclude) else None
     except FileNotFoundError as e:
         raise EdgecutError(str(e)) from None
+    output_folder(out)   # after the photos: none found leaves no empty --out folder
     print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
           f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
     made = not (out / name).exists()
@@ -173,11 +236,13 @@ def run_quantize(args) -> int:
         res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
                              args.auto_exclude, probe if args.report or args.auto_exclude else None,
                              portable=not args.not_portable)
-    except BaseException:   # a failure after the folder was written (the report, --auto-exclude) leaves none
+    except BaseException as e:   # a failure after the folder was written (the report, --auto-exclude) leaves none
         if made:
             import shutil
 
             shutil.rmtree(out / name, ignore_errors=True)
+        if isinstance(e, OSError) and not e.filename:   # onnx and onnxruntime name no file when a write fails
+            raise EdgecutError(f"{out / name}: cannot write the int8 model ({e.strerror or e})") from None
         raise
     q = Manifest.load(res.folder / "manifest.json")
     if res.excluded:
@@ -210,6 +275,25 @@ def add_qat(sub) -> None:
     p.set_defaults(func=run_qat)
 
 
+def _refuse_to_resume_another(out: Path, checkpoint: Path) -> None:
+    """A folder with a last.pt is resumed from it, and the checkpoint given is not read: that is right
+    for this QAT run interrupted, but a distill run there would go on as QAT (its last.pt and config
+    replaced), and another checkpoint's QAT run would go on under this checkpoint's name."""
+    from ..runtime.errors import EdgecutError
+    from ..runtime.outputs import same_file
+    from .loaders import read_run_json
+
+    if not (out / "last.pt").exists():
+        return
+    cfg = read_run_json(out / "config.json") or {}
+    if not cfg.get("qat"):
+        raise EdgecutError(f"{out}: holds a training run that is not a QAT run (last.pt); pass a new --out folder")
+    init = cfg.get("init")
+    if not (isinstance(init, str) and (same_file(init, checkpoint) or Path(init).resolve() == checkpoint.resolve())):
+        raise EdgecutError(f"{out}: holds the QAT run of {init}, which would be resumed instead; pass that "
+                           "checkpoint to resume it, or a new --out folder")
+
+
 def run_qat(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.outputs import output_folder, refuse_inputs
@@ -217,12 +301,14 @@ def run_qat(args) -> int:
     from .loaders import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
+    _refuse_ensemble(ck, args.checkpoint, "fine-tune")
     data = data_options(args)
     pick_device(args.device)
     out = args.out or f"runs/qat/{args.checkpoint.resolve().parent.name}"
     if (Path(out) / "best.pt").resolve() == args.checkpoint.resolve():
         raise EdgecutError(f"{out}: would overwrite the input checkpoint; pass another --out")
     refuse_inputs([Path(out) / "best.pt", Path(out) / "last.pt"], [args.checkpoint], "pass another --out")
+    _refuse_to_resume_another(Path(out), args.checkpoint)
     output_folder(out)
     cfg = TrainConfig(variant=ck["variant"], **data, out=out, steps=args.steps, minutes=args.minutes,
                       batch_size=args.batch_size, lr=args.lr, warmup=min(100, args.steps // 10),
@@ -244,13 +330,14 @@ def add_soup(sub) -> None:
 
 
 def run_soup(args) -> int:
-    from ..runtime.outputs import output_folder, refuse_inputs
+    from ..runtime.outputs import refuse_inputs
     from .soup import soup
 
     refuse_inputs([args.out / "best.pt"], args.checkpoints, "pass another --out (a new run folder)")
-    output_folder(args.out)
-
-    best = soup(args.checkpoints, args.out)
+    _refuse_repeats(args.checkpoints, "a soup averages different runs")
+    _refuse_a_run(args.out, "soup", "soup")
+    with _output_run(args.out):
+        best = soup(args.checkpoints, args.out)
     print(f"soup of {len(args.checkpoints)} checkpoints: {best}  (then: edgecut export {best} --calibrate ...)")
     return 0
 
@@ -270,15 +357,15 @@ def add_ensemble(sub) -> None:
 
 
 def run_ensemble(args) -> int:
-    from ..runtime.outputs import output_folder, refuse_inputs
+    from ..runtime.outputs import refuse_inputs
     from .ensemble import build, parse_member
 
     members = [parse_member(m) for m in args.members]
     refuse_inputs([args.out / "best.pt"], [p for p, _ in members], "pass another --out (a new run folder)")
-    output_folder(args.out)
-
-    best = build(members, args.out, args.name,
-                 calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
+    _refuse_a_run(args.out, "ensemble", "ensemble")
+    with _output_run(args.out):
+        best = build(members, args.out, args.name,
+                     calibrate_members=not args.no_calibrate_members, heldout_data=args.heldout_data)
     print(f"ensemble of {len(args.members)} students: {best}  (then: edgecut export {best} --calibrate ...)")
     return 0
 
@@ -297,10 +384,11 @@ def add_rewrite(sub) -> None:
 
 
 def run_rewrite(args) -> int:
+    import shutil
+
     from ..models import resolve
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
-    from ..runtime.outputs import output_folder
     from .export import rewrite_folder
     from .loaders import check_name, check_onnx
 
@@ -310,15 +398,27 @@ def run_rewrite(args) -> int:
         raise EdgecutError(f"{folder}: no manifest.json (expected a folder from `edgecut export`)")
     man = Manifest.load(folder / "manifest.json")
     name = check_name(args.name) if args.name is not None else (man.name or folder.name)
-    if (args.out / name).resolve() == folder.resolve():
-        raise EdgecutError(f"{args.out / name}: would overwrite the input model; pass another --out or --name")
+    dest = args.out / name
+    if dest.resolve() == folder.resolve():
+        raise EdgecutError(f"{dest}: would overwrite the input model; pass another --out or --name")
+    if folder.resolve() in args.out.resolve().parents or args.out.resolve() == folder.resolve():
+        raise EdgecutError(f"{args.out}: inside the input model folder {folder} (the copy would hold itself); "
+                           "pass another --out")
+    if dest.exists() and not (dest / "manifest.json").is_file() and (not dest.is_dir() or any(dest.iterdir())):
+        # the result replaces DEST whole: a model folder (an earlier rewrite) may go, a run or photos may not
+        raise EdgecutError(f"{dest}: exists and is not a model folder, and would be replaced; "
+                           "pass another --out or --name")
     if man.format == "onnx":
         check_onnx(folder / man.file)
-    output_folder(args.out)
-    try:
-        dest, done = rewrite_folder(folder, args.out, name)
-    except ValueError as e:
-        raise EdgecutError(str(e)) from None
+    with _output_run(args.out):
+        try:
+            dest, done = rewrite_folder(folder, args.out, name)
+        except ValueError as e:
+            raise EdgecutError(str(e)) from None
+        except shutil.Error as e:   # copytree's list of failures: the first one's reason (a full disk)
+            why = str(e.args[0][0][-1]) if e.args and isinstance(e.args[0], list) and e.args[0] else str(e)
+            why = why.split("] ", 1)[-1].split(": ")[0]   # "[Errno 28] No space left on device: 'src' -> 'dst'"
+            raise EdgecutError(f"{dest}: cannot write the rewritten model ({why})") from None
     if dest is None:
         print(f"{folder.name}: nothing to rewrite (every rewrite already applied or not applicable); nothing written")
         return 0
@@ -345,32 +445,11 @@ def add_recover(sub) -> None:
     p.set_defaults(func=run_recover)
 
 
-def _refuse_a_run(folder: Path) -> None:
-    """recover writes FOLDER/best.pt: refuse a folder holding a checkpoint recover did not write (a
-    distill run's best.pt or last.pt, which it would silently replace); its own earlier output may go."""
-    from ..runtime.errors import EdgecutError
-    from .loaders import load_checkpoint
-
-    folder = Path(folder)
-    if (folder / "last.pt").exists():
-        raise EdgecutError(f"{folder}: holds a training run (last.pt); pass a new --out folder")
-    best = folder / "best.pt"
-    if best.exists():
-        try:
-            ours = bool(load_checkpoint(best).get("recovered_from"))
-        except EdgecutError:
-            ours = False
-        if not ours:
-            raise EdgecutError(f"{best}: a checkpoint `compress recover` did not write would be replaced; "
-                               "pass a new --out folder")
-
-
 def run_recover(args) -> int:
     from ..models import resolve
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
     from .distill import _save_atomic
-    from ..runtime.outputs import output_folder
     from .export import calibration_photos
     from .loaders import check_onnx
     from .recover import recover, recover_members
@@ -382,22 +461,22 @@ def run_recover(args) -> int:
     if man.format == "onnx":
         check_onnx(path)
     _refuse_a_run(args.out)
-    output_folder(args.out)
-    try:
-        photos = calibration_photos(args.photos or train_root(), args.n)
-        ensemble = bool((Manifest.load(folder / "manifest.json").extra or {}).get("ensemble"))
-        cks = recover_members(folder, photos) if ensemble else [recover(folder, photos)]
-    except (FileNotFoundError, ValueError) as e:
-        raise EdgecutError(str(e)) from None
-    outs = [args.out / f"member{k}-{ck['input_size']}" if ensemble else args.out for k, ck in enumerate(cks)]
-    for out in outs:   # every member folder checked before any is written
-        _refuse_a_run(out)
-    for ck, out in zip(cks, outs):
-        out.mkdir(parents=True, exist_ok=True)
-        _save_atomic(ck, out / "best.pt")
-        print(f"{folder.name} -> {out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm statistics "
-              f"from {len(photos)} photos); fine-tune with: edgecut distill --init {out / 'best.pt'} "
-              f"--input-size {ck['input_size']} ...")
+    with _output_run(args.out):   # a failed recovery leaves no empty --out folder
+        try:
+            photos = calibration_photos(args.photos or train_root(), args.n)
+            ensemble = bool((Manifest.load(folder / "manifest.json").extra or {}).get("ensemble"))
+            cks = recover_members(folder, photos) if ensemble else [recover(folder, photos)]
+        except (FileNotFoundError, ValueError) as e:
+            raise EdgecutError(str(e)) from None
+        outs = [args.out / f"member{k}-{ck['input_size']}" if ensemble else args.out for k, ck in enumerate(cks)]
+        for out in outs:   # every member folder checked before any is written
+            _refuse_a_run(out)
+        for ck, out in zip(cks, outs):
+            out.mkdir(parents=True, exist_ok=True)
+            _save_atomic(ck, out / "best.pt")
+            print(f"{folder.name} -> {out / 'best.pt'} ({ck['variant']}, {ck['input_size']} px, BatchNorm "
+                  f"statistics from {len(photos)} photos); fine-tune with: edgecut distill --init {out / 'best.pt'} "
+                  f"--input-size {ck['input_size']} ...")
     if ensemble:
         parts = " ".join(f"R{k}/best.pt@{ck['input_size']}" for k, ck in enumerate(cks))
         print(f"after fine-tuning each member (distill runs R0, R1, ...), one graph again: edgecut compress ensemble "

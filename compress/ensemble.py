@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.errors import EdgecutError
+from ..runtime.outputs import same_file
 from .commands import check_input_size
 from .model_card import calibration_formula
 from .soup import save_run
@@ -44,11 +45,16 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
         if not path.exists():
             raise EdgecutError(f"{path}: no such checkpoint")
     loaded = [load_student(path) for path, _ in members]   # every member readable before any is calibrated
-    entries = []
+    entries, seen = [], []
     for (path, size), (model, ck) in zip(members, loaded):
         if ck.get("ensemble"):
             raise EdgecutError(f"{path}: already an ensemble")
         size = size or model.cfg.input_size
+        twin = next((p for p, s in seen if s == size and same_file(p, path)), None)
+        if twin is not None:   # one student twice at one size: the mean of its logits is its logits
+            raise EdgecutError(f"{path}: given twice at {size} px ({twin}); an ensemble needs different "
+                               "students, or one at different sizes")
+        seen.append((path, size))
         model.cfg = replace(model.cfg, input_size=size)
         norm = (tuple(model.cfg.mean), tuple(model.cfg.std))
         if not entries:

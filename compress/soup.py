@@ -72,6 +72,9 @@ def save_run(ck: dict, out: Path, like: Path) -> Path:
     for name in ("config.json", "split.json"):
         src = like / name
         if src.is_file() and src.resolve() != (out / name).resolve():
-            shutil.copyfile(src, out / name)
+            try:
+                shutil.copyfile(src, out / name)
+            except OSError as e:   # a full disk: copyfile names the source, as if the input were at fault
+                raise EdgecutError(f"{out / name}: cannot write ({e.strerror or e})") from None
     _save_atomic(ck, out / "best.pt")
     return out / "best.pt"
