@@ -40,6 +40,10 @@ def main(argv=None) -> int:
     from .runtime.imageio import reuse_image_memory
 
     reuse_image_memory()
+    # File names that are not UTF-8 decode to lone surrogates; a strict UTF-8 stdout would end a
+    # finished run in a UnicodeEncodeError when it prints such a path. Escape them, as stderr does.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except EdgecutError as e:

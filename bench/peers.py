@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..runtime.errors import EdgecutError
 from ..runtime.manifest import Manifest, sha256_of
+from ..runtime.outputs import replace_folder
 
 PEER_PREFIX = "peer:"
 MEDIAPIPE_PACKAGE = "@mediapipe/selfie_segmentation@0.1.1675465747"
@@ -96,9 +97,7 @@ def fetch_peer(name: str, cache: Optional[Path] = None, tarball: Optional[Path] 
         if model.suffix == ".tflite" and head[4:8] != b"TFL3":   # the flatbuffer's file identifier
             raise EdgecutError(f"{tgz}: {peer.member} is not a TFLite model; the cached peer is left as it was")
         dataclasses.replace(peer.manifest, sha256=sha256_of(model)).save(work / "manifest.json")
-        if dest.exists():
-            shutil.rmtree(dest)
-        work.rename(dest)
+        replace_folder(work, dest)
     return dest
 
 

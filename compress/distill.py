@@ -27,6 +27,7 @@ from .data import (
     split_pairs,
 )
 from ..runtime.errors import EdgecutError
+from ..runtime.imageio import write_text_atomic
 from .loaders import load_checkpoint, student_from
 from .losses import distill_loss
 
@@ -123,9 +124,16 @@ def evaluate(model, x, y, batch: int = 32) -> dict:
 
 
 def _save_atomic(obj, path: Path):
+    """A checkpoint is last.pt or best.pt of a run that may be resumed: a full disk must leave the
+    previous file whole (and no half-written .tmp beside it), and say so in one line."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:   # torch's zip writer raises RuntimeError on a full disk
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise EdgecutError(f"{path}: cannot write ({reason})") from None
 
 
 def _check_finite(diverged_at: int, model, step: int, lr: float) -> None:
@@ -198,8 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                f"saved yet; pass a larger --steps to train on")
     hint = ("pass another --out or the same --variant" if start == last
             else "--init takes a checkpoint of the same --variant (or a pruned one)")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    (out / "split.json").write_text(json.dumps({
+    write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2, default=str))
+    write_text_atomic(out / "split.json", json.dumps({
         "train": len(train_pairs), "holdout": [f"{p.set}/{p.image.name}" for p in held_pairs],
         "sets": sorted({p.set for p in pairs})}, indent=1))
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.manifest import Manifest, sha256_of
+from ..runtime.imageio import write_text_atomic
+from ..runtime.outputs import replace_folder
 
 DEFAULT_TEACHER = ("IS-Net, img.ly @imgly/background-removal-data@1.4.5 '/models/medium' (fp16), "
                    "AGPL-3.0; used only to label training photos, none of its weights are shipped")
@@ -366,9 +368,7 @@ def rewrite_folder(src, out_dir, name: str) -> tuple:
             extra["padding"] = done["padding"]
         replace(m, name=name, sha256=sha256_of(work / m.file), extra=extra).save(work / "manifest.json")
         dest = out_dir / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        work.rename(dest)
+        replace_folder(work, dest)
     return dest, done
 
 
@@ -443,12 +443,10 @@ def embed(folder, name: str, default: bool = False, embedded_dir=None) -> Path:
     shutil.copytree(folder, tmp)
     m = Manifest.load(tmp / "manifest.json")
     replace(m, name=name).save(tmp / "manifest.json")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    replace_folder(tmp, dest)
     model_card.write(dest)
     if default:
-        (root / "DEFAULT").write_text(name + "\n")
+        write_text_atomic(root / "DEFAULT", name + "\n")
     return dest
 
 

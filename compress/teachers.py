@@ -159,6 +159,9 @@ def resolve_teacher(teacher: str, path: Optional[str] = None) -> Teacher:
     file (default: rembg's own folder); `/some/dir` or `/some/model.onnx` -> its manifest.json."""
     if teacher.startswith(TEACHER_PREFIX):
         teacher = teacher[len(TEACHER_PREFIX):]
+    if not teacher.strip():   # Path("") is ".", which read as a model folder without a manifest
+        raise EdgecutError(f"no teacher named; give a spec name ({', '.join(TEACHER_SPECS)}), "
+                           f"a model folder or an .onnx file")
     if teacher not in _SPECS:
         if path:
             raise EdgecutError(f"--teacher-path needs a teacher spec name, got {teacher!r}")

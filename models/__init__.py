@@ -40,7 +40,9 @@ def _embedded() -> dict:
     root = embedded_dir()
     if not root.is_dir():
         return {}
-    return {d.name: d for d in sorted(root.iterdir()) if (d / "manifest.json").is_file()}
+    # dot-folders are an embed in progress or the model it replaces (export.embed, replace_folder)
+    return {d.name: d for d in sorted(root.iterdir())
+            if not d.name.startswith(".") and (d / "manifest.json").is_file()}
 
 
 def list_models(problems: Optional[List[str]] = None) -> List[Manifest]:

@@ -18,6 +18,17 @@ from .errors import EdgecutError
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def _utf8_path(path: Path) -> bool:
+    """onnxruntime and LiteRT take a path as a UTF-8 string; a file name with bytes that are not
+    UTF-8 (decoded by Python to lone surrogates) cannot be passed, so such a model is read into
+    memory and given as bytes instead."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class OnnxBackend:
     def __init__(self, path: Path, threads: Optional[int], input_name=None, output_name=None):
         import onnxruntime as ort
@@ -29,7 +40,8 @@ class OnnxBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(str(path), sess_options=opts,
+            source = str(path) if _utf8_path(path) else Path(path).read_bytes()
+            self.sess = ort.InferenceSession(source, sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise EdgecutError(f"{path}: cannot load ONNX model ({str(e).splitlines()[0]})") from None
@@ -84,7 +96,8 @@ class TfliteBackend:
     def __init__(self, path: Path, threads: Optional[int], input_name=None, output_name=None):
         Interpreter = _tflite_interpreter_class()
         try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads or None)
+            where = {"model_path": str(path)} if _utf8_path(path) else {"model_content": Path(path).read_bytes()}
+            self.interp = Interpreter(**where, num_threads=threads or None)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError, OSError) as e:
             raise EdgecutError(f"{path}: cannot load tflite model ({e})") from None

@@ -4,6 +4,7 @@ and an output that is one of the verb's own inputs is refused rather than replac
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterable, Union
@@ -23,7 +24,8 @@ def output_folder(path: PathLike) -> Path:
     if str(path) in ("", "."):
         return Path(".")
     if path.exists() and not path.is_dir():
-        raise EdgecutError(f"{path}: is a file, not a folder")
+        kind = "a file" if path.is_file() else "a device, pipe or socket"
+        raise EdgecutError(f"{path}: is {kind}, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".edgecut-write-check.{uuid.uuid4().hex[:8]}"
@@ -73,3 +75,25 @@ def refuse_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike], hint:
         for src in inputs:
             if same_file(t, src) or (src.is_dir() and t.exists() and same_file(t.parent, src)):
                 raise EdgecutError(f"{t}: would overwrite the input {src}; {hint}")
+
+
+def replace_folder(work: PathLike, dest: PathLike) -> Path:
+    """Put a finished folder in place of `dest` (same file system), keeping the old one until the
+    new one is there: removing `dest` first left no model at all when the rename then failed (or
+    the run was stopped between the two), where a user had a working one before."""
+    work, dest = Path(work), Path(dest)
+    aside = None
+    if dest.exists() or dest.is_symlink():
+        aside = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dest, aside)
+    try:
+        os.rename(work, dest)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, dest)
+        raise
+    if aside is not None and aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    elif aside is not None:
+        aside.unlink()
+    return dest

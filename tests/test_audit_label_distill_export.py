@@ -45,6 +45,17 @@ def test_label_summary_names_a_non_utf8_file_without_a_traceback(tiny_model_dir,
     assert "Traceback" not in cap.err and "bad\\udcffname.jpg" in cap.err
 
 
+def test_an_empty_teacher_is_named_not_read_as_the_current_folder(tmp_path, capsys):
+    """--teacher '' and --model teacher: read as Path(''), the current folder: '.: no manifest.json'."""
+    photos = tmp_path / "photos"
+    block_photos(photos, 1)
+    fails(capsys, ["label", str(photos), "--teacher", "", "--out", str(tmp_path / "l")], "no teacher named")
+    block_photos(tmp_path / "b" / "s" / "images", 1)
+    block_photos(tmp_path / "b" / "s" / "masks", 1)
+    fails(capsys, ["bench", "accuracy", "--data", str(tmp_path / "b"), "--model", "teacher:"], "no teacher named")
+    assert not (tmp_path / "l").exists()
+
+
 def test_label_teacher_that_is_a_photo_or_a_renamed_manifest(tiny_model_dir, tmp_path, capsys):
     photos = tmp_path / "photos"
     block_photos(photos, 2)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +97,10 @@ def test_uncreatable_output_folder_is_one_line_not_one_per_photo(model_zoo, tmp_
     for i in range(3):
         Image.fromarray(synthetic_photo(seed=i)[0]).save(d / f"p{i}.jpg", quality=90)
     assert main(["remove", str(d), "-o", out]) == 1
-    assert out in _one_error(capsys.readouterr().err, "remove")
+    line = _one_error(capsys.readouterr().err, "remove")
+    assert out in line
+    if out == "/dev/full":            # was 'is a file, not a folder'
+        assert "is a device, pipe or socket, not a folder" in line
 
 
 # --- hand-edited manifests ------------------------------------------------------------------------
@@ -340,3 +345,37 @@ def test_latency_photo_that_is_a_folder_is_named_as_one(tiny_model_dir, tmp_path
     assert main(["bench", "latency", "--model", str(tiny_model_dir), "--photo", str(tmp_path), "--no-rss",
                  "--json", str(tmp_path / "l.json"), "--no-progress"]) == 1
     assert "is a directory, not a photo" in _one_error(capsys.readouterr().err, "bench")
+
+
+def test_replacing_a_model_folder_keeps_the_old_one_until_the_new_one_is_in(tmp_path, monkeypatch):
+    """rewrite, embed and fetch-peer removed the old folder and then renamed the new one in: a
+    rename that failed (or a stop between the two) left no model where there had been one."""
+    from edgecut.runtime.outputs import replace_folder
+
+    dest, work = tmp_path / "m", tmp_path / "new"
+    for d, text in ((dest, "old"), (work, "new")):
+        d.mkdir()
+        (d / "manifest.json").write_text(text)
+    real = os.rename
+
+    def fails_for_work(src, dst):
+        if Path(src) == work:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", fails_for_work)
+    with pytest.raises(OSError):
+        replace_folder(work, dest)
+    monkeypatch.undo()
+    assert (dest / "manifest.json").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m", "new"]
+    replace_folder(work, dest)
+    assert (dest / "manifest.json").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_dot_folder_in_the_zoo_is_no_model(model_zoo):
+    """An embed in progress (.NAME.tmp) or the folder it replaces is not listed as a model."""
+    from edgecut import models
+
+    names = {m.name for m in models.list_models()}
+    shutil.copytree(model_zoo / "tiny", model_zoo / ".tiny.old-1234")
+    assert {m.name for m in models.list_models()} == names == {"tiny"}

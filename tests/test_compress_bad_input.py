@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -505,3 +506,12 @@ def test_input_sizes_from_checkpoints_and_members_are_checked(w, tmp_path, capsy
     fails(capsys, ["compress", "ensemble", f"{w.a}@0", str(w.b), "--out", str(tmp_path / "e")],
           f"{w.a}@0", "positive multiple of 32")
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_path_that_is_not_utf8_prints_escaped_on_stdout(w, tmp_path, capsys):
+    """recover printed its --out on a strict UTF-8 stdout and ended in a UnicodeEncodeError traceback;
+    every verb's stdout now escapes such names, as stderr does."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/rec\xff")
+    assert main(["compress", "recover", str(w.fp32), "--out", out, "--photos", str(w.photos), "-n", "2"]) == 0
+    assert "rec\\udcff" in capsys.readouterr().out
+    assert (Path(out) / "best.pt").is_file()

@@ -186,6 +186,32 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     assert torch.allclose(after["model"][key], torch.full_like(after["model"][key], 0.5), atol=0.01)
 
 
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_one_whole(train_dir, tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError ('file write failed'): it escaped as a traceback
+    and left a half-written last.pt.tmp beside the checkpoint a resume needs."""
+    from edgecut.runtime.errors import EdgecutError
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(variant="test-distill", data=str(train_dir), out=str(out), steps=2, batch_size=2,
+                      warmup=1, eval_every=2, ckpt_every=2, holdout=0.3, threads=1)
+    train(cfg, progress=False)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:
+            fh.truncate(100)          # what a full disk leaves behind
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\nmore")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg.steps = 4
+    with pytest.raises(EdgecutError, match=r"last\.pt: cannot write \(\[enforce fail.*\)$"):
+        train(cfg, progress=False)
+    monkeypatch.undo()
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 2
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
 def test_batch_size_follows_the_device_unless_asked():
     from edgecut.compress.distill import batch_size_for
 

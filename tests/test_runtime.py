@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import sys
@@ -498,3 +499,14 @@ def test_reuse_image_memory_keeps_blocks_unless_the_user_chose(monkeypatch):
         assert Image.core.get_blocks_max() == 12  # the user's setting is left alone
     finally:
         Image.core.set_blocks_max(before)
+
+
+def test_a_model_in_a_folder_whose_name_is_not_utf8_loads(tiny_model_dir, tmp_path):
+    """onnxruntime takes its path as a UTF-8 string: such a folder failed with 'incompatible
+    constructor arguments'; the model is now read as bytes and gives the same alpha."""
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/m\xff"))
+    shutil.copytree(tiny_model_dir, odd)
+    photo, _ = synthetic_photo((40, 30))
+    a = Session(tiny_model_dir, threads=1).alpha(photo)
+    b = Session(odd, threads=1).alpha(photo)
+    assert np.array_equal(a, b)
