@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..runtime.errors import EdgecutError
 from .cache import PredictionCache
-from .metrics import METRICS, SetMetrics
+from .metrics import METRICS, SetMetrics, valid_mask
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 COLUMNS = (("iou", "IoU"), ("mae", "MAE"), ("max_f", "maxF"), ("s_measure", "S"), ("boundary_f", "BF@3"))
@@ -112,6 +112,8 @@ def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: 
     for image, mask in bench.pairs[:limit]:
         try:
             gt = load_mask(mask)
+            if not valid_mask(gt).any():   # it scored IoU 1.0 and MAE 0 for any prediction
+                raise EdgecutError(f"{mask}: no labelled pixels (all 128, the band to ignore)")
             pred = cache.get(bench.name, image) if cache is not None else None
             if pred is None or pred.shape != gt.shape:
                 pred = predict(session, load_image(image), gt.shape, refine)

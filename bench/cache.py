@@ -4,7 +4,9 @@ Why: the teacher takes ~1.3-2.5 s per photo on this CPU, so scoring it on the 1,
 costs most of an hour. Its predictions never change for the same model file, so `bench accuracy
 --cache DIR` stores them as 8-bit PNGs and re-scores from them; a student and the teacher are still
 scored by the same code on the same masks in one run. A cached PNG is only reused when the model's
-hash matches, so a retrained model never reads stale predictions.
+hash matches, so a retrained model never reads stale predictions; an entry is also named by the
+photo's own hash, so a photo replaced under the same name (or two photos of one stem, a.jpg and
+a.png) never reads another photo's prediction.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class PredictionCache:
         self.hits = 0                   # entries scored instead of recomputed, counted by the caller
 
     def _path(self, set_name: str, image: Path) -> Path:
-        return self.dir / set_name / (Path(image).stem + ".png")
+        return self.dir / set_name / f"{Path(image).stem}.{sha256_of(image)[:12]}.png"
 
     def get(self, set_name: str, image: Path) -> Optional[np.ndarray]:
         p = self._path(set_name, image)

@@ -121,9 +121,14 @@ def _sets(args) -> list:
 def _open_models(models, args) -> None:
     """Open every model once before the work: a teacher that is missing, named last, failed only
     after the others had run (half an hour of a report), and nothing was written."""
-    from ..compress.teachers import open_model
+    from ..compress.teachers import TEACHER_PREFIX, open_model
 
-    for spec in models + ([args.reference] if getattr(args, "reference", None) else []):
+    specs = models + ([args.reference] if getattr(args, "reference", None) else [])
+    if args.teacher_path and not any(s.startswith(TEACHER_PREFIX) for s in specs):
+        # it was ignored without a word, and the run scored no teacher at all
+        raise EdgecutError(f"--teacher-path {args.teacher_path}: is the file of a teacher:SPEC model, and no "
+                           f"--model names one (e.g. --model teacher:u2net --teacher-path {args.teacher_path})")
+    for spec in specs:
         open_model(spec, args.teacher_path, 1)
 
 
@@ -208,8 +213,8 @@ def add_latency(bench) -> None:
                    help="thread counts to time (default 1,2)")
     _timing(p)
     p.add_argument("--photo", type=Path, help="photo for the end-to-end timing (default: a synthetic 4000x3000 JPEG)")
-    p.add_argument("--photo-size", type=_size, default=(4000, 3000), metavar="WxH",
-                   help="size of the synthetic photo (default 4000x3000)")
+    p.add_argument("--photo-size", type=_size, metavar="WxH",
+                   help="size of the synthetic photo (default 4000x3000); not with --photo")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory run of `edgecut remove`")
     p.add_argument("--profile", action="store_true",
                    help="also print the per-stage split of the photo: decode, resize, inference, "
@@ -221,10 +226,12 @@ def run_latency(args) -> int:
     from . import latency, report
 
     models = _models(args)
+    if args.photo and args.photo_size:   # the size was ignored: the run timed the photo at its own size
+        raise EdgecutError(f"--photo-size is the size of the synthetic photo; --photo {args.photo} has its own")
     _check_outputs(args, inputs=[args.photo] if args.photo else [])
     _open_models(models, args)
     cfg = latency.LatencyConfig(threads=args.threads, runs=args.runs, min_seconds=args.min_time, photo=args.photo,
-                                photo_size=args.photo_size, teacher_path=args.teacher_path,
+                                photo_size=args.photo_size or latency.PHOTO_12MP, teacher_path=args.teacher_path,
                                 measure_rss=not args.no_rss, profile=args.profile)
     results, photo = latency.run_latency(models, cfg)
     head = report.header("latency", args)

@@ -8,7 +8,9 @@ import io
 import json
 import tarfile
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from edgecut.cli import main
 from test_bad_input_runtime_bench import _one_error
@@ -103,7 +105,8 @@ def test_a_cache_entry_that_cannot_be_written_still_scores_the_photo(tiny_model_
     from edgecut.bench.cache import PredictionCache
 
     cache = tmp_path / "cache"
-    blocked = PredictionCache(cache, tiny_model_dir / "model.onnx")._path("grabcut", "cup.jpg")
+    cup = fake_bench / "grabcut" / "images" / "cup.jpg"
+    blocked = PredictionCache(cache, tiny_model_dir / "model.onnx")._path("grabcut", cup)
     blocked.mkdir(parents=True)           # stands for a full disk: the photo was skipped, its prediction lost
     out = tmp_path / "a.json"
     assert main(_accuracy(fake_bench, tiny_model_dir, "--cache", str(cache), "--json", str(out))) == 0
@@ -144,3 +147,32 @@ def test_fetch_peer_with_a_download_cut_short_is_one_line(tmp_path, monkeypatch,
     assert main(["fetch-peer", "mediapipe-selfie", "--tarball", str(cut)]) == 1    # was EOFError's traceback
     assert "truncated or damaged archive" in _one_error(capsys.readouterr().err, "fetch-peer")
     assert not list((tmp_path / "cache").rglob("*.tflite"))
+
+
+def test_a_mask_with_no_labelled_pixels_is_skipped_not_scored_perfect(tiny_model_dir, fake_bench, tmp_path,  # noqa: F811
+                                                                      capsys):
+    """An all-128 mask (all 'unknown') scored IoU 1.0 and MAE 0 whatever the model predicted."""
+    masks = fake_bench / "grabcut" / "masks"
+    Image.fromarray(np.full((80, 60), 128, np.uint8)).save(masks / "cup.png")
+    out = tmp_path / "a.json"
+    assert main(_accuracy(fake_bench, tiny_model_dir, "--json", str(out))) == 1   # a skipped file, as any
+    assert "cup.png: no labelled pixels" in capsys.readouterr().err
+    g = json.loads(out.read_text())["models"][0]["sets"]["grabcut"]
+    assert g["images"] == 1 and g["failed"] == [str(fake_bench / "grabcut" / "images" / "cup.jpg")]
+
+
+def test_a_teacher_path_with_no_teacher_model_is_refused(tiny_model_dir, fake_bench, tmp_path, capsys):  # noqa: F811
+    """--teacher-path without a --model teacher:SPEC was ignored: the run scored no teacher, exit 0."""
+    out = tmp_path / "a.json"
+    assert main(_accuracy(fake_bench, tiny_model_dir, "--teacher-path", str(tiny_model_dir / "model.onnx"),
+                          "--json", str(out))) == 1
+    assert "no --model names one" in _one_error(capsys.readouterr().err, "bench")
+    assert not out.exists()
+
+
+def test_latency_photo_size_with_a_photo_is_refused(tiny_model_dir, fake_bench, tmp_path, capsys):  # noqa: F811
+    """--photo-size was ignored beside --photo, and the table showed the photo's own size."""
+    photo = fake_bench / "grabcut" / "images" / "cup.jpg"
+    assert main(["bench", "latency", "--model", str(tiny_model_dir), "--photo", str(photo), "--photo-size", "64x48",
+                 "--no-rss", "--json", str(tmp_path / "l.json"), "--no-progress"]) == 1
+    assert "has its own" in _one_error(capsys.readouterr().err, "bench")

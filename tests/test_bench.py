@@ -155,16 +155,22 @@ def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir)
     from edgecut.bench.cache import PredictionCache
 
     model_file = tiny_model_dir / "model.onnx"
-    cache = PredictionCache(tmp_path, model_file)
-    assert cache.get("s", Path("a b.jpg")) is None
+    photo, twin = tmp_path / "a b.jpg", tmp_path / "a b.png"
+    photo.write_bytes(b"photo one")
+    twin.write_bytes(b"photo two")
+    cache = PredictionCache(tmp_path / "c", model_file)
+    assert cache.get("s", photo) is None
     alpha = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    cache.put("s", Path("a b.jpg"), alpha)
-    np.testing.assert_array_equal(cache.get("s", Path("a b.jpg")), alpha)
-    assert PredictionCache(tmp_path, model_file, refine=False).get("s", Path("a b.jpg")) is None
-    assert PredictionCache(tmp_path, model_file, tta=True).get("s", Path("a b.jpg")) is None
+    cache.put("s", photo, alpha)
+    np.testing.assert_array_equal(cache.get("s", photo), alpha)
+    assert PredictionCache(tmp_path / "c", model_file, refine=False).get("s", photo) is None
+    assert PredictionCache(tmp_path / "c", model_file, tta=True).get("s", photo) is None
     other = tmp_path / "other.onnx"
     other.write_bytes(model_file.read_bytes() + b"x")
-    assert PredictionCache(tmp_path, other).get("s", Path("a b.jpg")) is None
+    assert PredictionCache(tmp_path / "c", other).get("s", photo) is None
+    assert cache.get("s", twin) is None            # the same stem, another photo
+    photo.write_bytes(b"photo one, replaced")      # the same name, another photo: read stale before
+    assert cache.get("s", photo) is None
 
 
 def test_latency_times_for_at_least_min_seconds(tiny_session):
