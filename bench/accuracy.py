@@ -47,11 +47,19 @@ def load_set(root: Path, name: str) -> BenchSet:
         raise EdgecutError(f"{d}: a bench set needs images/ and masks/ folders")
     masks = {p.stem: p for p in (d / "masks").iterdir() if p.suffix.lower() == ".png"}
     images = sorted(p for p in (d / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+    first = {}
+    for p in images:                   # a.jpg beside a.png: both were scored against masks/a.png
+        first.setdefault(p.stem, p)
+    twins = [p for p in images if first[p.stem] != p]
+    if twins:
+        named = ", ".join(f"{p.name} ({first[p.stem].name} is)" for p in twins[:3])
+        _warn(f"note {d}: {len(twins)} photo(s) share a name with another and are not scored: "
+              f"{named}{', ...' if len(twins) > 3 else ''}")
+    pairs = [(p, masks[p.stem]) for p in first.values() if p.stem in masks]
     if not pairs:
         raise EdgecutError(f"{d}: no photo has a mask ({len(images)} photos in images/, {len(masks)} PNGs in "
                            "masks/; a mask is masks/<photo name>.png)")
-    unmatched, orphans = len(images) - len(pairs), len(set(masks) - {p.stem for p in images})
+    unmatched, orphans = len(first) - len(pairs), len(set(masks) - set(first))
     if unmatched or orphans:    # a renamed or missing file would otherwise shrink the set unseen
         _warn(f"note {d}: {unmatched} photo(s) without a mask and {orphans} mask(s) without a photo "
               f"are not scored ({len(pairs)} pairs)")

@@ -48,6 +48,14 @@ def test_sets_are_matched_by_stem(fake_bench):
         accuracy.find_sets(fake_bench, ["nope"])
 
 
+def test_two_photos_of_one_name_are_scored_once(fake_bench, capsys):
+    """cup.jpg and cup.png were both scored against masks/cup.png: the set counted the photo twice."""
+    Image.open(fake_bench / "grabcut" / "images" / "cup.jpg").save(fake_bench / "grabcut" / "images" / "cup.png")
+    [s] = accuracy.find_sets(fake_bench)
+    assert sorted(i.name for i, _ in s.pairs) == ["cup.jpg", "red fox 01.jpg"] and s.unmatched == 1
+    assert "1 photo(s) share a name with another and are not scored: cup.png (cup.jpg is)" in capsys.readouterr().err
+
+
 def test_a_photo_or_mask_left_unpaired_is_noted(fake_bench, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(fake_bench / "grabcut" / "masks" / "renamed.png")
     accuracy.find_sets(fake_bench)
