@@ -40,10 +40,12 @@ def main(argv=None) -> int:
     from .runtime.imageio import reuse_image_memory
 
     reuse_image_memory()
-    # File names that are not UTF-8 decode to lone surrogates; a strict UTF-8 stdout would end a
-    # finished run in a UnicodeEncodeError when it prints such a path. Escape them, as stderr does.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    # File names that are not UTF-8 decode to lone surrogates; a strict UTF-8 stream (stdout under
+    # LANG=en_US.UTF-8, or a stderr that is not Python's own) would end a finished run in a
+    # UnicodeEncodeError when it prints such a path. Every verb's output escapes them instead.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args) or 0)
     except EdgecutError as e:

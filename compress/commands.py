@@ -99,7 +99,7 @@ def add_label(sub) -> None:
 def run_label(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.outputs import output_folder
-    from .label import check_out_dir, default_out_dir, find_images, label_folder, printable
+    from .label import check_out_dir, default_out_dir, find_images, label_folder
     from .teachers import resolve_teacher
 
     if not args.images.is_dir():   # before the teacher loads: a mistyped folder is one line at once
@@ -115,7 +115,7 @@ def run_label(args) -> int:
     output_folder(out)
     summary = label_folder(session, args.images, out, limit=args.limit,
                            progress=not args.no_progress)
-    print(f"{printable(str(out))}: {summary.line()}")
+    print(f"{out}: {summary.line()}")
     return 1 if summary.failed else 0
 
 

@@ -31,16 +31,9 @@ class LabelSummary:
 
     def line(self) -> str:
         """The run in one line; the failed photos by name (the first three), each said on stderr."""
-        names = ", ".join(printable(p.name) for p, _ in self.failed[:3]) + (", ..." if len(self.failed) > 3 else "")
+        names = ", ".join(p.name for p, _ in self.failed[:3]) + (", ..." if len(self.failed) > 3 else "")
         return (f"{self.written} written, {self.skipped} already done, {len(self.failed)} failed"
                 + (f" ({names})" if self.failed else ""))
-
-
-def printable(text: str) -> str:
-    """A path as stderr shows it, bytes that are not UTF-8 as backslash escapes: Python decodes such
-    file names to lone surrogates, which a strict UTF-8 stdout (LANG=en_US.UTF-8) refuses to print,
-    so the summary of a finished run would end in a traceback."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def find_images(root: Path) -> List[Path]:
@@ -92,10 +85,6 @@ def check_out_dir(images_dir: Path, out_dir: Path) -> None:
     if out.is_relative_to(images):
         raise EdgecutError(f"{out_dir}: output folder is inside the images folder {images_dir} (the next run would "
                            "label its labels); pass an --out outside it, e.g. teacher/ beside it")
-
-
-def is_valid_png(path: Path) -> bool:
-    return png_mode(path) is not None
 
 
 def png_mode(path: Path) -> Optional[str]:
@@ -197,13 +186,12 @@ def _reason(e: Exception, image: Path) -> str:
 
 
 def _log_fn(progress: bool):
-    """Messages go to stderr, through tqdm.write while a bar is drawn, so they don't break the bar
-    (printable: a stderr that is not Python's own, e.g. a test's, may be strict UTF-8 too)."""
+    """Messages go to stderr, through tqdm.write while a bar is drawn, so they don't break the bar."""
     if not progress:
-        return lambda msg: print(printable(msg), file=sys.stderr)
+        return lambda msg: print(msg, file=sys.stderr)
     from tqdm import tqdm
 
-    return lambda msg: tqdm.write(printable(msg), file=sys.stderr)
+    return lambda msg: tqdm.write(msg, file=sys.stderr)
 
 
 def _progress(items: list, enabled: bool) -> Iterable:
