@@ -193,7 +193,7 @@ def run_quantize(args) -> int:
     from ..runtime.errors import EdgecutError
     from ..runtime.imageio import write_text_atomic
     from ..runtime.manifest import Manifest
-    from ..runtime.outputs import output_file, output_folder, refuse_inputs
+    from ..runtime.outputs import output_file, refuse_inputs
     from .loaders import check_name, check_onnx
 
     manifest_path = args.model_dir / "manifest.json"
@@ -228,14 +228,14 @@ def run_quantize(args) -> int:
         probe = calibration_photos(calib, args.report_n, seed=1, warned=warned) if (args.report or args.auto_exclude) else None
     except FileNotFoundError as e:
         raise EdgecutError(str(e)) from None
-    output_folder(out)   # after the photos: none found leaves no empty --out folder
-    print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
-          f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
     made = not (out / name).exists()
     try:
-        res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
-                             args.auto_exclude, probe if args.report or args.auto_exclude else None,
-                             portable=not args.not_portable)
+        with _output_run(out):   # after the photos: none found leaves no empty --out folder, nor does a failure
+            print(f"calibrating on {len(photos)} photos from {calib} ({args.method}, "
+                  f"{'per-tensor' if args.per_tensor else 'per-channel'} weights)", file=sys.stderr)
+            res = quantize_model(args.model_dir, out, name, photos, args.method, not args.per_tensor, args.exclude,
+                                 args.auto_exclude, probe if args.report or args.auto_exclude else None,
+                                 portable=not args.not_portable)
     except BaseException as e:   # a failure after the folder was written (the report, --auto-exclude) leaves none
         if made:
             import shutil
@@ -384,8 +384,6 @@ def add_rewrite(sub) -> None:
 
 
 def run_rewrite(args) -> int:
-    import shutil
-
     from ..models import resolve
     from ..runtime.errors import EdgecutError
     from ..runtime.manifest import Manifest
@@ -415,10 +413,8 @@ def run_rewrite(args) -> int:
             dest, done = rewrite_folder(folder, args.out, name)
         except ValueError as e:
             raise EdgecutError(str(e)) from None
-        except shutil.Error as e:   # copytree's list of failures: the first one's reason (a full disk)
-            why = str(e.args[0][0][-1]) if e.args and isinstance(e.args[0], list) and e.args[0] else str(e)
-            why = why.split("] ", 1)[-1].split(": ")[0]   # "[Errno 28] No space left on device: 'src' -> 'dst'"
-            raise EdgecutError(f"{dest}: cannot write the rewritten model ({why})") from None
+        except OSError as e:   # a full disk while copying or rewriting the model
+            raise EdgecutError(f"{dest}: cannot write the rewritten model ({e.strerror or e})") from None
     if dest is None:
         print(f"{folder.name}: nothing to rewrite (every rewrite already applied or not applicable); nothing written")
         return 0

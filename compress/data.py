@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +45,28 @@ def find_pairs(root, sets=None, label_roots=(), exclude=()) -> list[Pair]:
     portraits, `edgecut label --teacher <peer folder>`) can replace the first on the sets it knows."""
     root = Path(root)
     exclude = set(exclude)
-    pairs = []
+    pairs, twins = [], []
     for set_dir in sorted(p for p in root.iterdir() if (p / "images").is_dir()):
         if sets and set_dir.name not in sets:
             continue
         alpha_dirs = [(set_dir / "masks", True)]
         alpha_dirs += [(Path(r) / set_dir.name / "teacher", False) for r in label_roots]
         alpha_dirs += [(set_dir / "teacher", False)]
+        seen = {}   # stem -> first photo: cup.jpg beside cup.png would both train on cup's one label
         for img in sorted((set_dir / "images").iterdir()):
             if img.suffix.lower() not in IMAGE_EXTS or img.name in exclude:
+                continue
+            if seen.setdefault(img.stem, img) != img:   # the one `edgecut label` labels, and bench scores
+                twins.append((img, seen[img.stem]))
                 continue
             alpha = next(((d / (img.stem + ext), human) for d, human in alpha_dirs for ext in ALPHA_EXTS
                           if (d / (img.stem + ext)).is_file()), None)
             if alpha:
                 pairs.append(Pair(set_dir.name, img, *alpha))
+    if twins:
+        named = ", ".join(f"{p.name} ({first.name} is)" for p, first in twins[:3])
+        print(f"note: {len(twins)} photo(s) share a name with another in their set and are not used: "
+              f"{named}{', ...' if len(twins) > 3 else ''}", file=sys.stderr)
     return pairs
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..runtime.manifest import Manifest, sha256_of
 from ..runtime.imageio import write_text_atomic
-from ..runtime.outputs import replace_folder
+from ..runtime.outputs import copy_folder, replace_folder
 
 DEFAULT_TEACHER = ("IS-Net, img.ly @imgly/background-removal-data@1.4.5 '/models/medium' (fp16), "
                    "AGPL-3.0; used only to label training photos, none of its weights are shipped")
@@ -347,7 +347,7 @@ def rewrite_folder(src, out_dir, name: str) -> tuple:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         work = Path(tmp) / name
-        shutil.copytree(src, work)
+        copy_folder(src, work)
         seven_bit = seven_bit_weights(work / m.file)
         done = {"seven_bit": seven_bit, **speed_rewrites(work / m.file)}
         if not (seven_bit or done["stem"] or done["moves"] or done["padding"]):
@@ -440,7 +440,7 @@ def embed(folder, name: str, default: bool = False, embedded_dir=None) -> Path:
     tmp = root / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(folder, tmp)
+    copy_folder(folder, tmp)
     m = Manifest.load(tmp / "manifest.json")
     replace(m, name=name).save(tmp / "manifest.json")
     replace_folder(tmp, dest)

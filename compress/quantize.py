@@ -125,6 +125,15 @@ def output_mae(fp32_folder, int8_folder, photos) -> float:
     return float(np.mean([np.abs(a.infer(load_rgb(p)) - b.infer(load_rgb(p))).mean() for p in photos]))
 
 
+def _quantizes(folder) -> bool:
+    """Whether an exported folder's model quantizes anything (has a QuantizeLinear node)."""
+    import onnx
+
+    m = Manifest.load(Path(folder) / "manifest.json")
+    graph = onnx.load(str(Path(folder) / m.file), load_external_data=False).graph
+    return any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
 def check_exclusions(fp32_folder, exclude: Sequence[str] = (), auto_exclude: int = 0) -> None:
     """Before any quantization: every --exclude name a node of the model (as the report names them:
     the pre-processed graph's, or the file's own), and --auto-exclude K no more than its nodes."""
@@ -170,12 +179,19 @@ def quantize_model(fp32_folder, out_dir, name: str, photos, method: str = "minma
         with tempfile.TemporaryDirectory() as tmp:
             first = quantize_int8(fp32_folder, tmp, name, photos, method, per_channel, excluded, compact=False,
                                   portable=portable)
-            worst = [e.tensor for e in layer_errors(fp32_folder, first, probe)[:auto_exclude]]
+            ranked = layer_errors(fp32_folder, first, probe)
+            worst = [e.tensor for e in ranked[:auto_exclude]]
             with tempfile.TemporaryDirectory() as tmp2:
                 pre = _preprocessed(fp32_folder, Path(tmp2))
                 excluded += [n for n in nodes_touching(pre, worst) if n not in excluded]
     folder = quantize_int8(fp32_folder, out_dir, name, photos, method, per_channel, excluded,
                            compact=not report_photos, portable=portable)
+    if auto_exclude > 0 and not _quantizes(folder):
+        from ..runtime.errors import EdgecutError
+
+        raise EdgecutError(f"--auto-exclude {auto_exclude}: leaving the {len(worst)} most sensitive of the model's "
+                           f"{len(ranked)} quantized activations in float (with the nodes around them) leaves "
+                           "nothing in int8; pass a smaller K")
     errors = mae = None
     if report_photos:
         errors = layer_errors(fp32_folder, folder, report_photos)

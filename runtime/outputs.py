@@ -77,6 +77,27 @@ def refuse_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike], hint:
                 raise EdgecutError(f"{t}: would overwrite the input {src}; {hint}")
 
 
+def copy_folder(src: PathLike, dst: PathLike) -> Path:
+    """shutil.copytree that fails with the first file's OSError itself (errno, strerror, file name),
+    so a full disk is said in one line: copytree gathers failures into a shutil.Error of strings."""
+    failures = []
+
+    def copy(s, d):
+        try:
+            return shutil.copy2(s, d)
+        except OSError as e:
+            failures.append(e)
+            raise
+
+    try:
+        shutil.copytree(src, dst, copy_function=copy)
+    except shutil.Error:
+        if failures:
+            raise failures[0] from None
+        raise
+    return Path(dst)
+
+
 def replace_folder(work: PathLike, dest: PathLike) -> Path:
     """Put a finished folder in place of `dest` (same file system), keeping the old one until the
     new one is there: removing `dest` first left no model at all when the rename then failed (or

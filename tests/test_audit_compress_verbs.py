@@ -194,9 +194,12 @@ def test_a_full_disk_is_one_line_naming_the_output(w, tmp_path, capsys, monkeypa
     import edgecut.compress.export as export
     import edgecut.compress.soup as soup
 
-    def full_copytree(src, dst, *a, **k):
-        raise shutil.Error([(f"{src}/model.onnx", f"{dst}/model.onnx",
-                             f"[Errno 28] No space left on device: '{src}/model.onnx' -> '{dst}/model.onnx'")])
+    real_copy2 = shutil.copy2
+
+    def full_copy2(src, dst, *a, **k):   # copytree gathers this into a shutil.Error of strings
+        if str(src).endswith(".onnx"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_copy2(src, dst, *a, **k)
 
     def full_quantize(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -204,10 +207,11 @@ def test_a_full_disk_is_one_line_naming_the_output(w, tmp_path, capsys, monkeypa
     def full_copyfile(src, dst, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(src))
 
-    monkeypatch.setattr(export.shutil, "copytree", full_copytree)
+    monkeypatch.setattr(shutil, "copy2", full_copy2)
     line = fails(capsys, ["compress", "rewrite", str(w.fp32), "--out", str(tmp_path / "rw")],
                  tmp_path / "rw" / w.fp32.name, "cannot write the rewritten model (No space left on device)")
     assert "[(" not in line and not (tmp_path / "rw").exists()
+    monkeypatch.setattr(shutil, "copy2", real_copy2)
     monkeypatch.setattr(export, "quantize_int8", full_quantize)
     fails(capsys, ["compress", "quantize", str(w.fp32), "--calib", str(w.photos), "--out", str(tmp_path / "q")],
           tmp_path / "q" / f"{w.fp32.name}-int8", "cannot write the int8 model (No space left on device)")

@@ -181,6 +181,24 @@ def test_prediction_cache_is_keyed_by_model_and_reused(tmp_path, tiny_model_dir)
     assert cache.get("s", photo) is None
 
 
+def test_prediction_cache_hashes_a_missed_photo_once(tmp_path, tiny_model_dir, monkeypatch):
+    """A miss then its put hash the photo once; the entry is the one a later get finds."""
+    import numpy as np
+
+    from edgecut.bench import cache as cache_mod
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"photo")
+    c = cache_mod.PredictionCache(tmp_path / "c", tiny_model_dir / "model.onnx")
+    hashed = []
+    real = cache_mod.sha256_of
+    monkeypatch.setattr(cache_mod, "sha256_of", lambda p: hashed.append(p) or real(p))
+    assert c.get("s", photo) is None
+    c.put("s", photo, np.zeros((2, 2), np.uint8))
+    assert hashed == [photo]
+    assert c.get("s", photo) is not None
+
+
 def test_latency_times_for_at_least_min_seconds(tiny_session):
     """A fast model gets more than `runs` timed runs until the time floor (or the cap on runs) is
     reached; without a floor, exactly `runs`. (The tiny model can reach the cap first on a fast CPU.)"""

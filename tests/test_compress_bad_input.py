@@ -442,6 +442,12 @@ def test_quantize_checks_exclusions_first(w, tmp_path, capsys):
     fails(capsys, [*q, "--auto-exclude", "100000"], "--auto-exclude 100000", "has only")
     fails(capsys, [*q, "--exclude", "nosuchnode", "othernode"], "--exclude nosuchnode othernode", "no such node")
     assert not (tmp_path / "q").exists()
+    # K within the node count, but the nodes around the K worst activations are all there are
+    assert main([*q, "--auto-exclude", "60"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("calibrating on ") and len(err) == 2, err
+    assert "--auto-exclude 60" in err[1] and "leaves nothing in int8; pass a smaller K" in err[1]
+    assert not (tmp_path / "q").exists()
     import edgecut.compress.quantize as quantize
 
     def boom(*a, **k):

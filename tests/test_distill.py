@@ -44,6 +44,16 @@ def test_find_pairs_prefers_human_masks_and_skips_unlabelled(train_dir):
     assert len(find_pairs(train_dir, exclude={"0.jpg"})) == 13  # 0.jpg in both sets
 
 
+def test_find_pairs_uses_one_photo_of_a_name(train_dir, capsys):
+    """0.jpg beside 0.png share the one label 0.png: the first by name trains (the one `edgecut label`
+    labels and bench scores), the other is named, not trained on against another photo's alpha."""
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(train_dir / "a" / "images" / "0.png")
+    pairs = [p for p in find_pairs(train_dir) if p.set == "a"]
+    assert len(pairs) == 12 and [p.image.name for p in pairs if p.image.stem == "0"] == ["0.jpg"]
+    err = capsys.readouterr().err
+    assert "1 photo(s) share a name" in err and "0.png (0.jpg is)" in err
+
+
 def test_label_roots_replace_teacher_alphas_not_masks(train_dir, tmp_path):
     """A second teacher's labels (`--label-root`) win over the set's teacher/, never over human masks,
     and fill in photos that had none."""
