@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import composite
 from .errors import EdgecutError
-from .imageio import load_image
+from .imageio import load_image, load_photo
 from .session import Session
 
 __all__ = ["remove", "compositor", "get_session"]
@@ -100,5 +100,5 @@ def remove(image, session: Optional[Session] = None, *, mask: bool = False, bg=N
     elif session is not None and not isinstance(session, Session):
         raise TypeError(f"session must be an edgecut Session or a model name, got {type(session).__name__}")
     session = session or (get_session(model, tta=True) if tta else get_session(model))
-    photo = load_image(image)
-    return render(photo, session.alpha(photo, refine=refine))
+    photo, own = load_photo(image)
+    return render(photo, composite.within(session.alpha(photo, refine=refine), own))

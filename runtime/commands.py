@@ -188,13 +188,15 @@ def _save_params(fmt: str) -> dict:
 def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
     import io
 
-    from .imageio import format_for, load_image, save_image_atomic
+    from .composite import within
+    from .imageio import format_for, load_photo, save_image_atomic
 
     if job.dst is not None and os.path.realpath(job.dst) in input_paths:
         raise EdgecutError(f"{job.dst}: refusing to overwrite an input")
     src = sys.stdin.buffer if job.src is None else job.src
-    photo = load_image(src)
-    result = render(photo, session.alpha(photo, refine=refine))
+    photo, own = load_photo(src)
+    result = render(photo, within(session.alpha(photo, refine=refine), own))
+    del own
     icc = photo.info.get("icc_profile")   # keep wide-gamut (e.g. Display P3) colours right
     del photo
     if job.dst is None:

@@ -14,7 +14,7 @@ from PIL import Image, ImageChops, ImageColor, ImageFilter, ImageOps
 
 from .errors import EdgecutError
 
-__all__ = ["to_rgba", "to_mask", "onto_color", "onto_image", "onto_blur", "parse_color"]
+__all__ = ["within", "to_rgba", "to_mask", "onto_color", "onto_image", "onto_blur", "parse_color"]
 
 Photo = Union[Image.Image, np.ndarray]
 BLUR_WORK_SIDE = 640   # the background blur runs at this long side, then is stretched back
@@ -35,6 +35,16 @@ def to_mask(alpha: Union[np.ndarray, Image.Image]) -> Image.Image:
 def _checked(photo: Image.Image, mask: Image.Image) -> None:
     if photo.size != mask.size:
         raise EdgecutError(f"alpha size {mask.size} does not match the photo {photo.size}")
+
+
+def within(alpha, own: Optional[Image.Image]):
+    """The matte inside the photo's own transparency (`imageio.load_photo`): alpha x own / 255, in
+    C. What is transparent in the photo stays so in every output; rembg's cutout does the same."""
+    if own is None:
+        return alpha
+    mask = to_mask(alpha)
+    _checked(own, mask)
+    return ImageChops.multiply(mask, own)
 
 
 def to_rgba(photo: Photo, alpha, clear_hidden: bool = True) -> Image.Image:

@@ -1,7 +1,8 @@
 """Getting photos in and results out, safely, whatever users throw at it.
 
 Input: anything Pillow decodes (paths, bytes, streams, PIL images) or a numpy array, turned
-upright (EXIF orientation) and into 8-bit RGB, the one thing a model eats. Every failure a user
+upright (EXIF orientation) and into 8-bit RGB, the one thing a model eats (`load_photo` also keeps
+the photo's own transparency, for the cutout to keep). Every failure a user
 can cause (missing file, empty, truncated, not an image, decompression bomb) becomes one
 EdgecutError naming the file. Output: written to a temp file beside the target and renamed,
 so a crash never leaves a half-written image, and never over an input.
@@ -21,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import EdgecutError
 from .outputs import refuse_special, same_file
 
-__all__ = ["MAX_PIXELS", "load_image", "load_rgb", "save_image_atomic",
+__all__ = ["MAX_PIXELS", "load_image", "load_photo", "load_rgb", "transparency", "save_image_atomic",
            "format_for", "to_rgb"]
 
 MAX_PIXELS = 100_000_000   # ~100 MP: larger files are refused before decoding (Pillow's own bomb check is ~179 MP)
@@ -141,8 +142,40 @@ def load_image(src: ImageSource, *, max_pixels: Optional[int] = MAX_PIXELS) -> I
     """Any image source -> upright 8-bit RGB PIL image (see module doc for what is accepted)."""
     if isinstance(src, np.ndarray):
         return _from_array(src, "<array>")
+    return to_rgb(_decode(src, max_pixels))
+
+
+def load_photo(src: ImageSource, *, max_pixels: Optional[int] = MAX_PIXELS):
+    """-> (load_image's RGB, the source's own transparency as an L image, or None where it has none
+    or is opaque everywhere). A sticker, a logo or an earlier cutout keeps its transparent parts
+    transparent in our cutout: the model sees colour only and would fill them in."""
+    if isinstance(src, np.ndarray):
+        arr = np.asarray(src)
+        own = None
+        if arr.ndim == 3 and arr.shape[2] == 4 and arr.size:
+            a = np.ascontiguousarray(_scale_to_uint8(arr[..., 3]))
+            own = Image.fromarray(a, "L") if a.min() < 255 else None
+        return _from_array(arr, "<array>"), own
+    im = _decode(src, max_pixels)
+    return to_rgb(im), transparency(im)
+
+
+def transparency(im: Image.Image) -> Optional[Image.Image]:
+    """An image's alpha (its alpha band, or a palette's or colour key's transparency) as L; None
+    when it has none or every pixel is opaque."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = im.getchannel(len(im.getbands()) - 1)
+    elif "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        alpha = im.convert("RGBA").getchannel(3)
+    else:
+        return None
+    return None if alpha.getextrema()[0] == 255 else alpha
+
+
+def _decode(src: ImageSource, max_pixels: Optional[int]) -> Image.Image:
+    """Any image source but an array -> the upright, loaded PIL image in its own mode."""
     if isinstance(src, Image.Image):
-        return to_rgb(_upright(src))
+        return _upright(src)
     name = _name_of(src)
     f = _open_source(src, name)
     owned = f is not src
@@ -166,7 +199,7 @@ def load_image(src: ImageSource, *, max_pixels: Optional[int] = MAX_PIXELS) -> I
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
             raise EdgecutError(f"{name}: truncated or corrupt image ({e})") from None
-        return to_rgb(_upright(im))
+        return _upright(im)
     finally:
         if owned:
             f.close()

@@ -127,6 +127,23 @@ def test_a_folder_run_reads_gifs_first_frame(model_zoo, tmp_path, capsys):
     assert out.mode == "RGBA" and out.size == frames[0].size
 
 
+def test_a_stickers_transparent_part_stays_transparent(model_zoo, tmp_path, capsys):
+    """The CLI keeps a photo's own transparency, as remove() does: cutout, mask and background."""
+    rgb, _ = synthetic_photo()
+    own = np.full(rgb.shape[:2], 255, np.uint8)
+    own[:, :100] = 0
+    sticker = tmp_path / "in" / "sticker.png"
+    sticker.parent.mkdir()
+    Image.fromarray(np.dstack([rgb, own]), "RGBA").save(sticker)
+    assert main(["remove", str(sticker.parent), "-o", str(tmp_path / "cut")]) == 0
+    assert main(["remove", str(sticker), "--mask", "-o", str(tmp_path / "m.png")]) == 0
+    assert main(["remove", str(sticker), "--bg", "#00ff00", "-o", str(tmp_path / "g.png")]) == 0
+    cut = np.asarray(Image.open(tmp_path / "cut" / "sticker.png"))
+    assert (cut[:, :100] == 0).all() and cut[:, 100:, 3].max() > 0
+    assert (np.asarray(Image.open(tmp_path / "m.png"))[:, :100] == 0).all()
+    assert (np.asarray(Image.open(tmp_path / "g.png"))[:, :100] == [0, 255, 0]).all()
+
+
 def test_existing_outputs_are_skipped_unless_overwrite(model_zoo, photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["remove", str(photos), "-o", str(out)]) == 0

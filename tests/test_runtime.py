@@ -480,6 +480,33 @@ def test_remove_outputs(tiny_session, photo_path, tmp_path):
         compositor(bg="nonexistent-thing")
 
 
+def test_a_photos_own_transparency_stays_transparent(tiny_session, photo_array, tmp_path):
+    """An RGBA sticker's transparent half is transparent in the cutout, the mask and on a background;
+    a half-transparent band scales the matte (a x own / 255); an opaque alpha band changes nothing.
+    The same for a file, a PIL image, a numpy HxWx4 array and a palette PNG's transparency."""
+    rgb, _ = photo_array
+    alpha = tiny_session.alpha(Image.fromarray(rgb))
+    own = np.full(rgb.shape[:2], 255, np.uint8)
+    own[:, :100], own[:, 100:140] = 0, 128
+    rgba = np.dstack([rgb, own])
+    sticker = tmp_path / "sticker.png"
+    Image.fromarray(rgba, "RGBA").save(sticker)
+    expect = (alpha.astype(np.uint32) * own + 127) // 255
+    for src in (sticker, Image.open(sticker), rgba, sticker.read_bytes()):
+        got = np.asarray(remove(src, tiny_session, mask=True)).astype(np.int64)
+        assert np.abs(got - expect).max() <= 1
+        assert (got[:, :100] == 0).all() and np.array_equal(got[:, 140:], alpha[:, 140:])
+    assert (np.asarray(remove(sticker, tiny_session))[:, :100] == 0).all()        # cutout: clear
+    assert (np.asarray(remove(sticker, tiny_session, bg="white"))[:, :100] == 255).all()
+    opaque = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    assert np.array_equal(np.asarray(remove(opaque, tiny_session, mask=True)), alpha)
+    pal = Image.fromarray(rgb).quantize(16)
+    pal.putpixel((0, 0), 0)
+    pal.info["transparency"] = 0
+    hidden = np.asarray(pal) == 0
+    assert (np.asarray(remove(pal, tiny_session, mask=True))[hidden] == 0).all()
+
+
 def test_remove_caches_one_session_per_model(tiny_model_dir, photo_path):
     s1 = get_session(str(tiny_model_dir))
     assert get_session(str(tiny_model_dir)) is s1
