@@ -195,6 +195,38 @@ def test_stdin_to_stdout(model_zoo, monkeypatch, capsysbinary):
     assert mask.format == "PNG" and mask.mode == "L" and mask.size == (320, 240)
 
 
+def test_format_chooses_what_a_folder_run_and_stdout_write(model_zoo, photos, tmp_path, monkeypatch,
+                                                           capsysbinary):
+    """--format webp: WebP files under -o DIR and beside the input, with the PNG run's alpha exactly
+    (cutouts) and lossless masks; --format jpg needs --bg or --mask; it may not contradict -o FILE."""
+    assert main(["remove", str(photos), "-o", str(tmp_path / "png"), "-q"]) == 0
+    assert main(["remove", str(photos), "-o", str(tmp_path / "webp"), "--format", "webp", "-q"]) == 0
+    assert main(["remove", str(photos), "-o", str(tmp_path / "mask"), "--mask", "--format", "webp", "-q"]) == 0
+    assert main(["remove", str(photos), "-o", str(tmp_path / "jpg"), "--bg", "white", "--format", "jpg", "-q"]) == 0
+    for rel in ("a", "sub/b"):
+        png = np.asarray(Image.open(tmp_path / "png" / f"{rel}.png"))
+        webp = Image.open(tmp_path / "webp" / f"{rel}.webp")
+        assert webp.format == "WEBP" and webp.mode == "RGBA"
+        assert np.array_equal(np.asarray(webp)[..., 3], png[..., 3])
+        mask = Image.open(tmp_path / "mask" / f"{rel}.webp")
+        assert np.array_equal(np.asarray(mask.convert("L")), png[..., 3])
+        assert Image.open(tmp_path / "jpg" / f"{rel}.jpg").format == "JPEG"
+    one = photos / "a.jpg"
+    assert main(["remove", str(one), "--format", "webp", "-q"]) == 0
+    assert Image.open(photos / "a_cutout.webp").format == "WEBP"
+    capsysbinary.readouterr()
+    assert main(["remove", str(photos), "-o", str(tmp_path / "j2"), "--format", "jpg"]) == 2
+    assert main(["remove", str(one), "-o", str(tmp_path / "x.png"), "--format", "webp"]) == 2
+    err = capsysbinary.readouterr().err.decode()
+    assert "--format jpg cannot hold transparency" in err and "names another type" in err
+    assert not (tmp_path / "j2").exists() and not (tmp_path / "x.png").exists()
+    assert main(["remove", str(one), "-o", str(tmp_path / "x.webp"), "--format", "webp", "-q"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(one.read_bytes())))
+    capsysbinary.readouterr()
+    assert main(["remove", "-", "--format", "webp", "-q"]) == 0
+    assert Image.open(io.BytesIO(capsysbinary.readouterr().out)).format == "WEBP"
+
+
 def test_real_photos_folder(model_zoo, sample_photos, tmp_path, capsys):
     d = tmp_path / "real"
     d.mkdir()
