@@ -109,10 +109,11 @@ def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.n
 
 
 def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: bool = True,
-                 tick=lambda: None, log=_warn, cache=None) -> dict:
+                 tick=lambda: None, log=_warn, cache=None, worst=None) -> dict:
     """`cache`: a PredictionCache; cached alphas of this exact model file are scored, not recomputed.
     A cache that cannot be written (full disk, a folder where an entry goes) is noted and the photo
-    still scored: its prediction took the model seconds and is not the photo's fault."""
+    still scored: its prediction took the model seconds and is not the photo's fault. `worst`: a
+    gallery.Worst that keeps the lowest-IoU photos (their names and scores go into the results)."""
     from ..runtime.imageio import load_image
 
     acc = SetMetrics()
@@ -123,8 +124,10 @@ def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: 
             if not valid_mask(gt).any():   # it scored IoU 1.0 and MAE 0 for any prediction
                 raise EdgecutError(f"{mask}: no labelled pixels (all 128, the band to ignore)")
             pred = cache.get(bench.name, image) if cache is not None else None
+            rgb = None
             if pred is None or pred.shape != gt.shape:
-                pred = predict(session, load_image(image), gt.shape, refine)
+                rgb = load_image(image)
+                pred = predict(session, rgb, gt.shape, refine)
                 if cache is not None:
                     try:
                         cache.put(bench.name, image, pred)
@@ -140,10 +143,17 @@ def evaluate_set(session, bench: BenchSet, limit: Optional[int] = None, refine: 
             log(f"skip {reason}" if str(image) in reason else f"skip {image}: {reason}")
             tick()
             continue
-        acc.add(pred, gt)
+        one = acc.add(pred, gt)
+        if worst is not None and worst.wants(one["iou"]):
+            try:   # a cached prediction's photo is read again, for its thumbnail
+                worst.add(image, one["iou"], one["mae"], rgb if rgb is not None else load_image(image), pred, gt)
+            except (EdgecutError, OSError) as e:
+                log(f"note: {image} is scored but not drawn in the worst photos ({str(e).splitlines()[0]})")
         tick()
     out = acc.summary()
     out["failed"] = failed
+    if worst is not None:
+        out["worst"] = worst.summary()
     return out
 
 
@@ -158,8 +168,12 @@ def mean_over_sets(per_set: Dict[str, dict]) -> dict:
 
 def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[int] = None,
                  threads: Optional[int] = None, teacher_path: Optional[str] = None,
-                 refine: bool = True, progress: bool = True, cache_dir=None) -> List[dict]:
+                 refine: bool = True, progress: bool = True, cache_dir=None, worst: int = 0,
+                 worst_dir=None) -> List[dict]:
+    """`worst` N > 0: each set's N lowest-IoU photos are named in its results and drawn in a
+    contact sheet, <worst_dir>/<model>/<set>.jpg, written as each set ends."""
     from ..compress.teachers import open_model
+    from . import gallery
     from .report import model_info
 
     total = len(models) * sum(len(s.pairs[:limit]) for s in sets)
@@ -174,9 +188,12 @@ def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[in
             for bench in sets:
                 if bar is not None:
                     bar.set_description(f"{info['name']}/{bench.name}")
+                kept = gallery.Worst(worst) if worst else None
                 per_set[bench.name] = evaluate_set(session, bench, limit, refine,
                                                    tick=(bar.update if bar is not None else lambda: None), log=log,
-                                                   cache=cache)
+                                                   cache=cache, worst=kept)
+                if kept is not None and kept.rows():
+                    gallery.write_sheet(kept, Path(worst_dir), info["name"], bench.name)
             if cache is not None and cache.hits:   # a rerun after an interruption resumes: say so
                 log(f"note: {cache.hits} prediction(s) of {info['name']} read from the cache {cache.dir}")
             results.append({**info, "sets": per_set, "mean": mean_over_sets(per_set)})

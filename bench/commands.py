@@ -172,6 +172,9 @@ def add_accuracy(bench) -> None:
     p.add_argument("--no-refine", action="store_true", help="score the plain bilinear alpha, not the edge-aware one")
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="reuse/store predictions keyed by model sha256 (the teacher takes ~2 s a photo)")
+    p.add_argument("--worst", type=integer(1, 1000), metavar="N",
+                   help="name each set's N lowest-IoU photos in the results and draw them (photo, alpha, errors) "
+                        "in a contact sheet per model and set, in a folder beside the --json file")
     p.set_defaults(func=run_accuracy)
 
 
@@ -181,10 +184,17 @@ def run_accuracy(args) -> int:
     sets = _sets(args)
     models = _models(args)
     _check_outputs(args, inputs=_bench_files(sets))
+    json_path = args.json or report.default_json_path("accuracy")
+    worst_dir = json_path.with_name(json_path.stem + "-worst") if args.worst else None
+    if worst_dir is not None:
+        output_folder(worst_dir.parent)
+        if worst_dir.exists() and not worst_dir.is_dir():
+            raise EdgecutError(f"{worst_dir}: is a file; the worst photos' sheets go in a folder of this name "
+                               "(give --json another name)")
     _open_models(models, args)
     results = accuracy.run_accuracy(models, sets, args.limit, args.threads, args.teacher_path,
                                     refine=not args.no_refine, progress=not args.no_progress,
-                                    cache_dir=args.cache)
+                                    cache_dir=args.cache, worst=args.worst or 0, worst_dir=worst_dir)
     printed = accuracy.results_table(results)
     print(printed)
     payload = {**report.header("accuracy", args), "data": str(args.data or accuracy.default_data_dir()),
@@ -192,8 +202,10 @@ def run_accuracy(args) -> int:
                "cache": str(args.cache) if args.cache else None, "boundary_tolerance_px": 3,
                "maxf_protocol": "mean precision/recall curves over a set's images, then max F (beta^2=0.3)",
                "mean_over_sets": "unweighted mean of per-set values", "models": results}
-    out = report.write_results(args.json or report.default_json_path("accuracy"), payload, printed)
+    out = report.write_results(json_path, payload, printed)
     print(f"results: {out}")
+    if worst_dir is not None:
+        print(f"worst photos: {worst_dir}/<model>/<set>.jpg")
     failed = sum(len(s["failed"]) for r in results for s in r["sets"].values())
     return 1 if failed else 0
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecut.bench import accuracy
+from edgecut.bench import accuracy, gallery, metrics
 from edgecut.cli import main
 from edgecut.runtime.errors import EdgecutError
 
@@ -107,6 +107,38 @@ def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys)
         assert g["iou"] > 0.8 and g["mae"] < 0.15 and g["max_f"] > 0.9
         assert 0.8 < g["s_measure"] <= 1.0 and 0.5 < g["boundary_f"] <= 1.0
         assert m["mean"]["iou"] == pytest.approx(g["iou"])
+
+
+def test_bench_accuracy_worst_names_and_draws_the_lowest_iou_photos(tiny_model_dir, fake_bench, tmp_path, capsys):
+    """--worst 1: each set names its lowest-IoU photo (with its IoU and MAE) in the JSON and draws it in
+    <json>-worst/<model>/<set>.jpg; the same again from the prediction cache (photos re-read)."""
+    for cache_pass in (0, 1):
+        out = tmp_path / f"acc{cache_pass}.json"
+        assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir), "--worst", "1",
+                     "--cache", str(tmp_path / "cache"), "--json", str(out), "--no-progress"]) == 0
+        g = json.loads(out.read_text())["models"][0]["sets"]["grabcut"]
+        scores = {}
+        for image, mask in accuracy.find_sets(fake_bench)[0].pairs:
+            from edgecut.runtime.session import Session
+            pred = accuracy.predict(Session(tiny_model_dir), Image.open(image).convert("RGB"),
+                                    accuracy.load_mask(mask).shape)
+            scores[image.name] = metrics.iou(pred, accuracy.load_mask(mask))
+        worst = min(scores, key=scores.get)
+        assert [w["photo"] for w in g["worst"]] == [worst]
+        assert g["worst"][0]["iou"] == pytest.approx(scores[worst])
+        sheet = Image.open(tmp_path / f"acc{cache_pass}-worst" / "tiny" / "grabcut.jpg")
+        assert sheet.format == "JPEG" and sheet.height > gallery.THUMB_SIDE * 0.5
+        assert f"acc{cache_pass}-worst" in capsys.readouterr().out
+
+
+def test_worst_keeps_the_n_lowest_in_order():
+    w = gallery.Worst(2)
+    rgb, gt = np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8)
+    for name, iou in [("a", 0.9), ("b", 0.2), ("c", 0.5), ("d", 0.2), ("e", 0.95)]:
+        if w.wants(iou):
+            w.add(Path(name), iou, 0.1, rgb, gt, gt)
+    assert [(e["photo"], e["iou"]) for e in w.summary()] == [("b", 0.2), ("d", 0.2)]
+    assert not gallery.Worst(2).rows() and not w.wants(0.3)
 
 
 def test_bench_accuracy_limit(tiny_model_dir, fake_bench, tmp_path):
