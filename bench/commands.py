@@ -186,11 +186,9 @@ def run_accuracy(args) -> int:
     _check_outputs(args, inputs=_bench_files(sets))
     json_path = args.json or report.default_json_path("accuracy")
     worst_dir = json_path.with_name(json_path.stem + "-worst") if args.worst else None
-    if worst_dir is not None:
-        output_folder(worst_dir.parent)
-        if worst_dir.exists() and not worst_dir.is_dir():
-            raise EdgecutError(f"{worst_dir}: is a file; the worst photos' sheets go in a folder of this name "
-                               "(give --json another name)")
+    if worst_dir is not None and worst_dir.exists() and not worst_dir.is_dir():   # its parent: _check_outputs
+        raise EdgecutError(f"{worst_dir}: is a file; the worst photos' sheets go in a folder of this name "
+                           "(give --json another name)")
     _open_models(models, args)
     results = accuracy.run_accuracy(models, sets, args.limit, args.threads, args.teacher_path,
                                     refine=not args.no_refine, progress=not args.no_progress,

@@ -67,10 +67,11 @@ def _panels(rgb, pred: np.ndarray, gt: np.ndarray) -> tuple:
     h, w = gt.shape
     scale = THUMB_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    photo = Image.fromarray(np.asarray(rgb)).convert("RGB").resize(size, Image.BILINEAR)
+    rgb = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.asarray(rgb))
+    photo = rgb.convert("RGB").resize(size, Image.BILINEAR)
     alpha = Image.fromarray(pred).resize(size, Image.BILINEAR).convert("RGB")
     p, g, band = pred >= 128, gt > IGNORE, gt == IGNORE
-    err = np.asarray(Image.fromarray(np.asarray(rgb)).convert("L").resize((w, h)), np.uint8)
+    err = np.asarray(rgb.convert("L").resize((w, h)), np.uint8)
     err = np.repeat((err // 3 + 40)[..., None], 3, axis=2)          # the photo, dimmed
     err[p & ~g & ~band] = (230, 40, 40)                               # background kept
     err[~p & g & ~band] = (40, 90, 240)                               # subject lost
