@@ -9,7 +9,8 @@ largest per-photo mean, the 99th percentile of all pixels' differences and the l
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -60,14 +61,45 @@ def _p99(hist) -> Optional[int]:
     return int(np.searchsorted(np.cumsum(hist), 0.99 * hist.sum())) if hist.sum() else None
 
 
-def run_agreement(reference: str, others: Sequence[str], sets, limit: Optional[int] = None,
-                  threads: Optional[int] = None, teacher_path: Optional[str] = None,
-                  progress: bool = True) -> List[dict]:
+def photo_sets(root: Path, names: Optional[Sequence[str]] = None) -> Dict[str, List[Path]]:
+    """The photos to compare on, by set name. Masks play no part here, so a folder of one's own
+    photos will do (searched recursively, one set named after the folder): a conversion is best
+    checked on the photos it will meet. A bench folder's <set>/images are read with or without masks/."""
+    from ..compress.label import find_images
+    from ..runtime.errors import EdgecutError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgecutError(f"{root}: no such folder of photos (set --data or EDGECUT_DATA)")
+    found = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    if found:
+        missing = [n for n in names or () if n not in found]
+        if missing:
+            raise EdgecutError(f"--sets {missing[0]}: no {root / missing[0] / 'images'} folder "
+                               f"(sets here: {', '.join(found)})")
+        sets = {n: find_images(root / n / "images") for n in names or found}
+    elif names:
+        raise EdgecutError(f"--sets: {root} has no <set>/images folders; without --sets its photos are "
+                           "compared as one set")
+    elif (root / "images").is_dir():     # one bench set
+        sets = {root.resolve().name: find_images(root / "images")}
+    else:
+        sets = {root.resolve().name: find_images(root)}
+    empty = [n for n, files in sets.items() if not files]
+    if empty:
+        raise EdgecutError(f"{root / empty[0] if empty[0] in found else root}: no photos "
+                           "(.jpg, .png, .webp, .bmp, .tif)")
+    return sets
+
+
+def run_agreement(reference: str, others: Sequence[str], photos: Dict[str, List[Path]],
+                  limit: Optional[int] = None, threads: Optional[int] = None,
+                  teacher_path: Optional[str] = None, progress: bool = True) -> List[dict]:
     from ..compress.teachers import open_model
     from .accuracy import _bar
     from .report import model_info
 
-    photos = {s.name: [img for img, _ in s.pairs[:limit]] for s in sets}
+    photos = {name: files[:limit] for name, files in photos.items()}
     total = len(others) * sum(len(v) for v in photos.values())
     bar, log = _bar(total, progress)
     ref = open_model(reference, teacher_path, threads)

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..runtime.argtypes import MAX_THREADS, THREADS, integer, number
 from ..runtime.errors import EdgecutError
@@ -107,15 +108,19 @@ def _sets(args) -> list:
     outside the --cache folder."""
     from . import accuracy
 
-    names = None
-    if args.sets:
-        names = list(dict.fromkeys(n.strip().rstrip("/") for n in args.sets.split(",") if n.strip()))
-        if not names:
-            raise EdgecutError(f"--sets {args.sets!r}: name at least one set")
-        for n in names:
-            if n in (".", "..") or "/" in n or "\\" in n:
-                raise EdgecutError(f"--sets {n!r}: name a set folder inside --data, not a path")
-    return accuracy.find_sets(args.data or accuracy.default_data_dir(), names)
+    return accuracy.find_sets(args.data or accuracy.default_data_dir(), _set_names(args))
+
+
+def _set_names(args) -> Optional[list]:
+    if not args.sets:
+        return None
+    names = list(dict.fromkeys(n.strip().rstrip("/") for n in args.sets.split(",") if n.strip()))
+    if not names:
+        raise EdgecutError(f"--sets {args.sets!r}: name at least one set")
+    for n in names:
+        if n in (".", "..") or "/" in n or "\\" in n:
+            raise EdgecutError(f"--sets {n!r}: name a set folder inside --data, not a path")
+    return names
 
 
 def _open_models(models, args) -> None:
@@ -305,10 +310,11 @@ def run_report(args) -> int:
 # --- agree -----------------------------------------------------------------------------------------
 def add_agree(bench) -> None:
     p = bench.add_parser("agree", help="alpha difference between a reference model and others on the bench "
-                                       "photos (ONNX vs TFLite, fp32 vs int8)")
+                                       "photos or your own (ONNX vs TFLite, fp32 vs int8)")
     _common(p)
     p.add_argument("--reference", required=True, metavar="M", help="the model the others are compared with")
-    p.add_argument("--data", type=Path, help="bench folder with <set>/{images,masks} (default $EDGECUT_DATA/bench)")
+    p.add_argument("--data", type=Path, help="a folder of photos (searched recursively), or a bench folder with "
+                                             "<set>/images (masks are not needed; default $EDGECUT_DATA/bench)")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--limit", type=integer(1), help="at most N images per set")
     p.add_argument("--threads", type=THREADS, help="intra-op threads")
@@ -323,11 +329,11 @@ def run_agree(args) -> int:
     if not args.model:
         raise EdgecutError("bench agree: name the models to compare with --model (and --reference)")
     data = args.data or accuracy.default_data_dir()
-    sets = _sets(args)
+    photos = agreement.photo_sets(data, _set_names(args))
     models = _models(args)
-    _check_outputs(args, inputs=_bench_files(sets))
+    _check_outputs(args, inputs=[f for files in photos.values() for f in files])
     _open_models(models, args)
-    results = agreement.run_agreement(args.reference, models, sets, args.limit, args.threads,
+    results = agreement.run_agreement(args.reference, models, photos, args.limit, args.threads,
                                       args.teacher_path, progress=not args.no_progress)
     printed = agreement.results_table(results)
     print(printed)

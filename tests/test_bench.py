@@ -273,5 +273,27 @@ def test_bench_agree_is_zero_for_the_same_model_and_flags_a_different_one(tiny_m
                "--max-mean", "0.5"])
     assert rc == 1 and "beyond --max-mean 0.5: tiny" in capsys.readouterr().out
     same, shifted = json.loads(out.read_text())["models"]
-    assert same["all"]["photos"] == 2 and same["all"]["mean"] == 0 and same["all"]["max"] == 0
+    assert same["all"]["photos"] == 3 and same["all"]["mean"] == 0 and same["all"]["max"] == 0  # masks unneeded
     assert shifted["all"]["mean"] > 0.5 and shifted["all"]["max"] >= shifted["all"]["p99"] > 0
+
+
+def test_bench_agree_takes_a_plain_folder_of_ones_own_photos(tiny_model_dir, fake_bench, tmp_path, capsys):
+    """A conversion is checked on the photos it will meet: no bench layout, no masks."""
+    import shutil
+
+    mine = tmp_path / "holiday"
+    (mine / "day 2").mkdir(parents=True)
+    photos = sorted((fake_bench / "grabcut" / "images").iterdir())
+    shutil.copy(photos[0], mine)
+    shutil.copy(photos[1], mine / "day 2")
+    out = tmp_path / "agree.json"
+    args = ["bench", "agree", "--data", str(mine), "--reference", str(tiny_model_dir), "--model",
+            str(tiny_model_dir), "--json", str(out), "--no-progress"]
+    assert main(args) == 0
+    [r] = json.loads(out.read_text())["models"]
+    assert list(r["sets"]) == ["holiday"] and r["all"]["photos"] == 2 and r["all"]["mean"] == 0
+    capsys.readouterr()
+    assert main(args + ["--sets", "grabcut"]) == 1      # a plain folder has no sets to choose from
+    assert "no <set>/images folders" in capsys.readouterr().err
+    assert main(args[:3] + [str(tmp_path / "day 2")] + args[4:]) == 1
+    assert "no such folder of photos" in capsys.readouterr().err
