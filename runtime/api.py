@@ -4,6 +4,7 @@ Sessions are cached per model so that calling `remove` in a loop loads the model
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -91,7 +92,7 @@ def remove(image, session: Optional[Session] = None, *, mask: bool = False, bg=N
 
     image: a path, bytes, file object, PIL image or numpy array.
     Returns an RGBA cutout (soft alpha); with mask=True the L alpha; with bg an RGB composite.
-    tta=True (without a session) averages the photo's pass with its mirror image's: twice the
+    tta=True averages the photo's pass with its mirror image's: twice the
     inference time, a cleaner matte (see Session).
     """
     render = compositor(mask, bg)
@@ -99,6 +100,9 @@ def remove(image, session: Optional[Session] = None, *, mask: bool = False, bg=N
         session = get_session(session, tta=True) if tta else get_session(session)
     elif session is not None and not isinstance(session, Session):
         raise TypeError(f"session must be an edgecut Session or a model name, got {type(session).__name__}")
+    elif tta and session is not None and not session.tta:   # the caller's session, with its model loaded once
+        session = copy.copy(session)
+        session.tta = True
     session = session or (get_session(model, tta=True) if tta else get_session(model))
     photo, own = load_photo(image)
     return render(photo, composite.within(session.alpha(photo, refine=refine), own))

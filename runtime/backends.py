@@ -33,6 +33,7 @@ class OnnxBackend:
     def __init__(self, path: Path, threads: Optional[int], input_name=None, output_name=None):
         import onnxruntime as ort
 
+        self.path = path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)   # 0: onnxruntime picks (all cores)
         opts.inter_op_num_threads = 1
@@ -58,7 +59,12 @@ class OnnxBackend:
         self.output_name = output_name or outputs[0]
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        y = self.sess.run([self.output_name], {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+        try:
+            y = self.sess.run([self.output_name], {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+        except MemoryError:
+            raise
+        except Exception as e:   # a model whose input the manifest misdescribes: its own types again
+            raise EdgecutError(f"{self.path}: inference failed ({str(e).splitlines()[0]})") from None
         return np.asarray(y, dtype=np.float32)
 
 

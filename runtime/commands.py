@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -64,7 +65,8 @@ def _scan(folder: Path, exclude: Optional[Path]) -> List[Path]:
         root_p = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not (exclude and same_file(root_p / d, exclude)))
-        found.extend(root_p / f for f in sorted(files) if _is_image(f) and (root_p / f).is_file())
+        # a broken link or a pipe named like a photo is one failed line, not left out unseen
+        found.extend(root_p / f for f in sorted(files) if _is_image(f))
     return found
 
 
@@ -145,16 +147,19 @@ def plan(args) -> tuple:
 
 
 def _dedupe(jobs: List[Job]) -> None:
-    """Two inputs with one output name (a.jpg, a.png): the later one keeps its extension too."""
+    """Inputs with one output name (a.jpg, a.png) each keep their extension in it (a_jpg.png,
+    a_png.png). Which photo a name holds must not depend on which others are there: when the
+    first of them kept a.png, a resumed run that found a new a.jpg beside a.png took a.png's
+    cutout for a.jpg's and skipped it."""
+    plain = Counter(str(j.dst) for j in jobs if j.dst is not None)
     taken = set()
     for job in jobs:
-        if job.dst is None:
+        if job.dst is None or plain[str(job.dst)] == 1:
             continue
-        dst, n = job.dst, 1
-        while str(dst) in taken:
-            stem = job.dst.stem + (job.src.suffix.replace(".", "_") if job.src else "")
-            dst = job.dst.with_name(stem + (f"-{n}" if n > 1 else "") + job.dst.suffix)
-            n += 1
+        stem = job.dst.stem + (job.src.suffix.replace(".", "_") if job.src else "")
+        dst, n = job.dst.with_name(stem + job.dst.suffix), 2
+        while str(dst) in taken or str(dst) in plain:     # nor another input's own name (a_png.png)
+            dst, n = job.dst.with_name(f"{stem}-{n}{job.dst.suffix}"), n + 1
         job.dst = dst
         taken.add(str(dst))
 
@@ -204,7 +209,7 @@ def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
     import io
 
     from .composite import within
-    from .imageio import format_for, load_photo, save_image_atomic
+    from .imageio import check_fits, format_for, load_photo, rgb_profile, save_image_atomic
 
     if job.dst is not None and os.path.realpath(job.dst) in input_paths:
         raise EdgecutError(f"{job.dst}: refusing to overwrite an input")
@@ -212,12 +217,16 @@ def _process(job: Job, session, render, refine: bool, input_paths: set) -> None:
     photo, own = load_photo(src)
     result = render(photo, within(session.alpha(photo, refine=refine), own))
     del own
-    icc = photo.info.get("icc_profile")   # keep wide-gamut (e.g. Display P3) colours right
+    icc = rgb_profile(photo)   # keep wide-gamut (e.g. Display P3) colours right
     del photo
     if job.dst is None:
         buf = io.BytesIO()
         extra = {"icc_profile": icc} if icc and result.mode != "L" else {}
-        result.save(buf, job.fmt, **_save_params(job.fmt, result.mode), **extra)
+        check_fits(result, job.fmt, "<stdout>")
+        try:
+            result.save(buf, job.fmt, **_save_params(job.fmt, result.mode), **extra)
+        except (OSError, ValueError) as e:
+            raise EdgecutError(f"<stdout>: cannot encode {job.fmt} ({e})") from None
         try:
             sys.stdout.buffer.write(buf.getvalue())
             sys.stdout.buffer.flush()
@@ -250,6 +259,9 @@ def run_remove(args) -> int:
     except UsageError as e:
         print(f"edgecut remove: error: {e}", file=sys.stderr)
         return 2
+    if any(j.src is None for j in jobs) and sys.stdin is None:
+        print("edgecut remove: error: standard input is closed; name a file", file=sys.stderr)
+        return 2
     if any(j.dst is None for j in jobs) and sys.stdout is None:
         print("edgecut remove: error: standard output is closed; use -o FILE", file=sys.stderr)
         return 2
@@ -271,7 +283,7 @@ def run_remove(args) -> int:
     if args.bg is not None and Path(args.bg).is_file():   # the background photo is an input too
         input_paths.add(os.path.realpath(args.bg))
     # An output that is an input is not "done before": it fails in _process, one line per file.
-    done_before = [not args.overwrite and j.dst is not None and j.dst.exists()
+    done_before = [not args.overwrite and j.dst is not None and j.dst.is_file()   # a folder there fails
                    and os.path.realpath(j.dst) not in input_paths for j in jobs]
     skipped = sum(done_before)
     todo = [j for j, skip in zip(jobs, done_before) if not skip]

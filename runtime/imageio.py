@@ -80,14 +80,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB from any mode Pillow opens; transparency is dropped (the model sees colour only)."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I") or im.mode == "F":   # I, I;16, I;16B, ..., F: scale, don't truncate
+    if im.mode.startswith("I;16"):   # 16-bit by its mode: a dark photo (all levels <= 255) is dark, not 8-bit
+        levels = (np.asarray(im).astype(np.uint32) + 128) // 257
+        return Image.fromarray(levels.astype(np.uint8), "L").convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":   # I, F: the range is guessed from the values
         return _from_array(np.asarray(im), "image")
+    if im.mode == "La":                       # premultiplied: Pillow converts it to LA only
+        im = im.convert("LA")
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA")   # palette transparency must go through RGBA to be read right
     try:
-        return im.convert("RGB")
+        rgb = im.convert("RGB")
     except ValueError:
-        return im.convert("RGBA").convert("RGB")
+        rgb = im.convert("RGBA").convert("RGB")
+    if rgb_profile(rgb) is None:
+        # A CMYK or grey profile no longer describes these pixels, and Pillow's PNG and JPEG
+        # writers copy the image's own profile: the file would be invalid for colour-managed viewers.
+        rgb.info.pop("icc_profile", None)
+    return rgb
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -111,6 +121,8 @@ def _open_source(src, name: str):
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.exists():
+            if path.is_symlink():
+                raise EdgecutError(f"{name}: broken symbolic link (to {os.readlink(path)})")
             raise EdgecutError(f"{name}: no such file")
         if path.is_dir():
             raise EdgecutError(f"{name}: is a directory")
@@ -165,8 +177,12 @@ def transparency(im: Image.Image) -> Optional[Image.Image]:
     when it has none or every pixel is opaque."""
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         alpha = im.getchannel(len(im.getbands()) - 1)
-    elif "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+    elif "transparency" in im.info and im.mode in ("P", "L", "RGB", "1"):
         alpha = im.convert("RGBA").getchannel(3)
+    elif isinstance(im.info.get("transparency"), int) and im.mode.startswith("I"):
+        # a 16-bit grey PNG's transparent level, which Pillow's conversions drop
+        key = np.asarray(im) == im.info["transparency"]
+        alpha = Image.fromarray(np.where(key, 0, 255).astype(np.uint8), "L")
     else:
         return None
     return None if alpha.getextrema()[0] == 255 else alpha
@@ -235,11 +251,29 @@ def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
     return path
 
 
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}    # what the encoders can hold, per side
+
+
+def check_fits(img: Image.Image, fmt: str, name) -> None:
+    """A tall screenshot in WebP: one line before encoding, not the encoder's ValueError."""
+    limit = MAX_SIDE.get(fmt.upper())
+    if limit and max(img.size) > limit:
+        raise EdgecutError(f"{name}: {fmt.upper()} holds at most {limit} pixels a side and this image is "
+                           f"{img.width}x{img.height}; write .png")
+
+
+def rgb_profile(im: Image.Image) -> Optional[bytes]:
+    """The image's ICC profile where it describes RGB (e.g. Display P3), else None."""
+    icc = im.info.get("icc_profile")
+    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
+
+
 def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: Optional[str] = None,
                       *, inputs: Iterable = (), **params) -> Path:
     """Write via a temp file in the same folder + os.replace; refuse to replace any of `inputs`."""
     path = Path(path)
     fmt = (format or format_for(path)).upper()
+    check_fits(img, fmt, path)
     if path.exists():
         refuse_special(path)
         for src in inputs:
@@ -252,12 +286,12 @@ def save_image_atomic(img: Image.Image, path: Union[str, os.PathLike], format: O
         with open(tmp, "xb") as f:   # "x": never clobber; the umask sets the final permissions
             img.save(f, format=fmt, **params)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, ValueError) as e:    # ValueError: an encoder refusing the image
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise EdgecutError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise EdgecutError(f"{path}: cannot write ({getattr(e, 'strerror', None) or e})") from None
     except BaseException:
         try:
             tmp.unlink()

@@ -120,6 +120,10 @@ class Session:
         if spatial and all(isinstance(v, int) for v in spatial) and spatial != (h, w):
             raise EdgecutError(f"{self.model_path}: model input is {spatial[0]}x{spatial[1]} but the "
                                f"manifest says input_size {h}x{w} ({self.manifest.layout})")
+        channels = (shape[3] if self.manifest.layout == "NHWC" else shape[1]) if len(shape) == 4 else 3
+        if isinstance(channels, int) and channels != 3:
+            raise EdgecutError(f"{self.model_path}: model input has {channels} channel(s); edgecut feeds it "
+                               f"RGB (3, {self.manifest.layout})")
         self._mean = np.asarray(self.manifest.mean, dtype=np.float32) * 255.0
         self._scale = 1.0 / (np.asarray(self.manifest.std, dtype=np.float32) * 255.0)
 

@@ -221,16 +221,23 @@ def test_remove_never_writes_over_the_background_photo(model_zoo, photo_path, tm
     assert bg.read_bytes() == before
 
 
-def test_a_pipe_named_like_a_photo_is_skipped_in_folders_and_refused_alone(model_zoo, tmp_path, capsys):
+def test_a_pipe_or_broken_link_named_like_a_photo_is_reported_not_opened(model_zoo, tmp_path, capsys):
     import os
 
     d = tmp_path / "odd"
     d.mkdir()
     Image.fromarray(synthetic_photo()[0]).save(d / "ok.jpg", quality=90)
     os.mkfifo(d / "pipe.jpg")                        # opening it would wait for a writer forever
-    assert main(["remove", str(d), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert main(["remove", str(d), "-o", str(tmp_path / "out"), "-q"]) == 1    # was left out unseen
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ok.png"]
-    assert main(["remove", str(d / "pipe.jpg"), "-o", str(tmp_path / "p.png")]) == 1
+    assert "pipe.jpg: not a regular file" in _one_error(capsys.readouterr().err, "remove")
+    (d / "pipe.jpg").unlink()
+    (d / "moved.jpg").symlink_to(tmp_path / "gone.jpg")
+    assert main(["remove", str(d), "-o", str(tmp_path / "out"), "-q"]) == 1
+    assert "moved.jpg: broken symbolic link" in _one_error(capsys.readouterr().err, "remove")
+    assert main(["remove", str(d / "ok.jpg"), "-o", str(tmp_path / "p.png")]) == 0
+    os.mkfifo(d / "pipe.jpg")
+    assert main(["remove", str(d / "pipe.jpg"), "-o", str(tmp_path / "p2.png")]) == 1
     assert "not a regular file" in _one_error(capsys.readouterr().err, "remove")
 
 

@@ -172,10 +172,18 @@ def test_same_stem_inputs_get_distinct_outputs(model_zoo, tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     rgb, _ = synthetic_photo((64, 48))
-    Image.fromarray(rgb).save(d / "x.jpg")
     Image.fromarray(rgb).save(d / "x.png")
-    assert main(["remove", str(d), "-o", str(tmp_path / "out")]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.png", "x_png.png"]
+    out = tmp_path / "out"
+    assert main(["remove", str(d), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x.png"]
+    # a resumed run finds x.jpg beside x.png: x.png's cutout was taken for x.jpg's, and x.jpg skipped
+    Image.fromarray(np.ascontiguousarray(rgb[::-1])).save(d / "x.jpg", quality=95)
+    capsys.readouterr()
+    assert main(["remove", str(d), "-o", str(out)]) == 0
+    assert "processed 2, failed 0" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["x.png", "x_jpg.png", "x_png.png"]
+    first, again, flipped = (np.asarray(Image.open(out / n))[..., 3] for n in ("x.png", "x_png.png", "x_jpg.png"))
+    assert np.array_equal(first, again) and not np.array_equal(first, flipped)
 
 
 def test_unwritable_output_is_reported(model_zoo, photo_path, tmp_path, capsys):
