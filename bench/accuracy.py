@@ -82,14 +82,19 @@ def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSe
 
 def load_mask(path: Path) -> np.ndarray:
     """A 0/255 (128 = ignore) uint8 mask from the ways other data sets store one: 16-bit PNGs
-    (0..65535), label maps of 0/1, and cut-outs whose alpha channel is the mask. Read as plain
-    grey levels, the last two score as empty masks without a word."""
+    (0..65535), label maps of 0/1, cut-outs whose alpha channel is the mask, and colour masks
+    (white or a colour on black). Read as plain grey levels, the last three score as empty or
+    all-background masks without a word."""
     with Image.open(path) as im:
         if im.mode in ("I;16", "I;16L", "I;16B", "I"):
             a = np.asarray(im).astype(np.float64)
             m = np.round(a / 257.0).astype(np.uint8) if a.max() > 255 else np.clip(a, 0, 255).astype(np.uint8)
         elif "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
             m = np.asarray(im.getchannel("A"))
+        elif im.mode in ("RGB", "RGBA"):
+            # the brightest channel: a red-on-black mask is 76 in luma and scored as all background;
+            # a grey one (and its 128 band) reads the same either way
+            m = np.asarray(im.convert("RGB")).max(axis=2)
         else:
             m = np.asarray(im.convert("L"))
     if m.max() == 1:                                  # a 0/1 label map
@@ -178,22 +183,27 @@ def run_accuracy(models: Sequence[str], sets: List[BenchSet], limit: Optional[in
 
     total = len(models) * sum(len(s.pairs[:limit]) for s in sets)
     bar, log = _bar(total, progress)
-    results = []
+    results, names = [], set()
     try:
         for spec in models:
             session = open_model(spec, teacher_path, threads)
             info = model_info(spec, session)
+            # two models of one name (a re-export beside the shipped file): told apart in the table,
+            # and neither's contact sheets written over the other's
+            label = info["name"] if info["name"] not in names else f"{info['name']} ({spec})"
+            names.add(info["name"])
+            info["label"] = label
             cache = PredictionCache(cache_dir, session.model_path, refine, session.tta) if cache_dir else None
             per_set = {}
             for bench in sets:
                 if bar is not None:
-                    bar.set_description(f"{info['name']}/{bench.name}")
+                    bar.set_description(f"{label}/{bench.name}")
                 kept = gallery.Worst(worst) if worst else None
                 per_set[bench.name] = evaluate_set(session, bench, limit, refine,
                                                    tick=(bar.update if bar is not None else lambda: None), log=log,
                                                    cache=cache, worst=kept)
                 if kept is not None and kept.rows():
-                    gallery.write_sheet(kept, Path(worst_dir), info["name"], bench.name)
+                    gallery.write_sheet(kept, Path(worst_dir), label, bench.name)
             if cache is not None and cache.hits:   # a rerun after an interruption resumes: say so
                 log(f"note: {cache.hits} prediction(s) of {info['name']} read from the cache {cache.dir}")
             results.append({**info, "sets": per_set, "mean": mean_over_sets(per_set)})
@@ -220,5 +230,5 @@ def results_table(results: List[dict]) -> str:
     rows = []
     for r in results:
         for name, s in list(r["sets"].items()) + [("mean", r["mean"])]:
-            rows.append([r["name"], r.get("precision", ""), name, s.get("images", 0)] + [s.get(k) for k, _ in COLUMNS])
+            rows.append([r.get("label", r["name"]), r.get("precision", ""), name, s.get("images", 0)] + [s.get(k) for k, _ in COLUMNS])
     return table(["Model", "Prec", "Set", "Images"] + [h for _, h in COLUMNS], rows, text_cols=3)

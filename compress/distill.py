@@ -162,6 +162,15 @@ def training_pairs(cfg: TrainConfig) -> list:
     return pairs
 
 
+def _held_fraction(out: Path):
+    """The --holdout a run in `out` was started with (its config.json), or None where unknown."""
+    try:
+        value = json.loads((out / "config.json").read_text(encoding="utf-8")).get("holdout")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) and return the path of the best checkpoint by held-out IoU."""
     if cfg.threads:
@@ -199,6 +208,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if trained != scfg.input_size:   # resuming would go on at the new size under the old schedule
             raise EdgecutError(f"{last}: the run trains at {trained} px, not {scfg.input_size}; pass the same "
                                f"--input-size to resume it, or another --out with --init {last} to fine-tune")
+        ran = _held_fraction(out)
+        if ran is not None and ran != cfg.holdout:
+            # the split is stable per photo for one fraction; another one moves trained-on photos into
+            # the held-out split (or empties it), and best.pt would be chosen on them
+            raise EdgecutError(f"{last}: the run holds out --holdout {ran:g} of its photos, not {cfg.holdout:g}; "
+                               f"pass the same --holdout to resume it, or another --out with --init {last}")
         steps = ck.get("steps") or cfg.steps   # a time-budgeted run keeps its own (see below)
         if ck["step"] >= steps and not (out / "best.pt").is_file():
             # an interrupted run resumed with fewer --steps: the loop would not run and no best.pt be saved

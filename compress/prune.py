@@ -350,8 +350,10 @@ def prune_checkpoint(checkpoint, out_dir, pcfg: PruneConfig, train_cfg=None, pro
               "macs": counts.macs, "params": counts.params}
     if ck.get("pruned"):   # pruning a pruned checkpoint: keep the chain back to the distilled model
         record["previous"] = ck["pruned"]
+    # the size it was trained (and now pruned and fine-tuned) at, which export, qat and the card read
+    trained = {"input_size": ck["input_size"]} if ck.get("input_size") else {}
     _save_atomic({"model": model.state_dict(), "variant": ck["variant"], "step": ck.get("step"),
-                  "holdout": holdout, "pruned": record}, out / "pruned.pt")
+                  "holdout": holdout, "pruned": record, **trained}, out / "pruned.pt")
     write_text_atomic(out / "prune.json", json.dumps({**record, "channels": channel_counts(model)}, indent=1))
     log(f"before: {base.macs / 1e6:.1f}M MACs, {base.params:,} params -> after: {counts.macs / 1e6:.1f}M MACs "
         f"({counts.macs / base.macs:.0%}), {counts.params:,} params ({counts.params / base.params:.0%})")

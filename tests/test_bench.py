@@ -64,7 +64,7 @@ def test_a_photo_or_mask_left_unpaired_is_noted(fake_bench, capsys):
 
 
 @pytest.mark.parametrize("form", ["L 0/255", "L 0/1", "I;16 0/65535", "I;16 0/1", "P 0/1", "RGBA cut-out",
-                                  "LA opaque"])
+                                  "LA opaque", "RGB red on black", "RGB grey"])
 def test_masks_stored_other_ways_read_as_0_255(tmp_path, form):
     truth = np.zeros((6, 8), np.uint8)
     truth[1:4, 2:6] = 255
@@ -83,6 +83,12 @@ def test_masks_stored_other_ways_read_as_0_255(tmp_path, form):
         rgba[..., :3] = 90
         rgba[..., 3] = truth
         im = Image.fromarray(rgba, "RGBA")
+    elif form == "RGB red on black":                 # 76 in luma: was scored as all background
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        rgb[on] = (255, 0, 0)
+        im = Image.fromarray(rgb)
+    elif form == "RGB grey":
+        im = Image.fromarray(truth).convert("RGB")
     else:
         im = Image.fromarray(truth).convert("LA")
     im.save(tmp_path / "m.png")
@@ -129,6 +135,26 @@ def test_bench_accuracy_worst_names_and_draws_the_lowest_iou_photos(tiny_model_d
         sheet = Image.open(tmp_path / f"acc{cache_pass}-worst" / "tiny" / "grabcut.jpg")
         assert sheet.format == "JPEG" and sheet.height > gallery.THUMB_SIDE * 0.5
         assert f"acc{cache_pass}-worst" in capsys.readouterr().out
+
+
+def test_two_models_of_one_name_are_told_apart_in_the_table_and_sheets(tiny_model_dir, fake_bench, tmp_path,
+                                                                       capsys):
+    import dataclasses
+    import shutil
+
+    from edgecut.runtime.manifest import Manifest
+
+    other = tmp_path / "reexport"
+    shutil.copytree(tiny_model_dir, other)
+    m = Manifest.load(other / "manifest.json")
+    dataclasses.replace(m, output_activation="sigmoid").save(other / "manifest.json")   # another alpha
+    out = tmp_path / "acc.json"
+    assert main(["bench", "accuracy", "--data", str(fake_bench), "--model", str(tiny_model_dir), "--model",
+                 str(other), "--worst", "1", "--json", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert f"tiny ({other})" in table and table.count("tiny ") >= 4
+    sheets = sorted(p.name for p in (tmp_path / "acc-worst").iterdir())
+    assert len(sheets) == 2 and sheets[0] == "tiny"          # the second no longer replaced the first's
 
 
 def test_worst_keeps_the_n_lowest_in_order():

@@ -183,6 +183,11 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     evals = [r["step"] for r in log if "holdout" in r]
     assert evals == [2, 4, 6]
     assert 0 <= log[-1]["holdout"]["iou"] <= 1
+    # another --holdout would move trained-on photos into the held-out split best.pt is chosen on
+    from edgecut.runtime.errors import EdgecutError
+    with pytest.raises(EdgecutError, match="holds out --holdout 0.3 of its photos, not 0.5"):
+        train(TrainConfig(**{**cfg.__dict__, "steps": 8, "holdout": 0.5}), progress=False)
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 6
     # A second cycle starts from given weights (marked here) with a fresh schedule in its own folder.
     marked = torch.load(out / "last.pt", weights_only=False)
     key = "encoder.stem.0.weight"

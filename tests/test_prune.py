@@ -107,6 +107,20 @@ def test_prune_checkpoint_with_finetune_then_export(checkpoint, train_dir, tmp_p
     np.testing.assert_allclose(session.infer(rgb), want, atol=1e-4)
 
 
+def test_a_pruned_checkpoint_keeps_the_size_it_was_trained_at(make_student, tmp_path, capsys):
+    """Pruned at 32 px (a distill --input-size 32 run), exported at the variant's 48 px: it was."""
+    from edgecut.cli import main
+    from edgecut.runtime.manifest import Manifest
+
+    torch.save({"model": make_student(TINY).state_dict(), "variant": TINY.name, "step": 3, "input_size": 32},
+               tmp_path / "best.pt")
+    assert main(["compress", "prune", str(tmp_path / "best.pt"), "--target-macs", "0.7", "--out",
+                 str(tmp_path / "p"), "--no-progress"]) == 0
+    assert torch.load(tmp_path / "p" / "pruned.pt", weights_only=False)["input_size"] == 32
+    assert main(["export", str(tmp_path / "p" / "pruned.pt"), "--name", "small", "--out", str(tmp_path / "e")]) == 0
+    assert Manifest.load(tmp_path / "e" / "small" / "manifest.json").input_size == (32, 32)
+
+
 def test_cli_prune_then_export(checkpoint, tmp_path, capsys):
     from edgecut.cli import main
     from edgecut.runtime.manifest import Manifest
