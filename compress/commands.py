@@ -405,6 +405,14 @@ def run_export(args) -> int:
         raise EdgecutError("--not-portable changes the onnx int8 model: it needs --int8 (and --format onnx)")
     if args.input_size is not None:
         check_input_size(args.input_size or -1, f"--input-size {args.input_size}")
+    bench_sets = None
+    if args.quick_iou:   # the sets are found now: a missing one failed after the export, or gave IoU '-'
+        from ..bench.accuracy import default_data_dir, find_sets
+
+        try:
+            bench_sets = find_sets(default_data_dir())
+        except EdgecutError as e:
+            raise EdgecutError(f"--quick-iou {args.quick_iou}: {e}") from None
     shipped_dir, shipped = (None, None) if _is_checkpoint(args.checkpoint) else _shipped_model(args.checkpoint)
     if shipped is not None and args.calibrate:
         raise EdgecutError(f"{args.checkpoint}: a shipped model is calibrated already (drop --calibrate)")
@@ -508,7 +516,7 @@ def run_export(args) -> int:
 
     for r in rows:
         if r["status"] == "ok":
-            r.update(measure_export(r["folder"], args.quick_iou))
+            r.update(measure_export(r["folder"], args.quick_iou, sets=bench_sets))
             if shipped is not None:   # its licence line says "see MODEL_CARD.md": the card travels with it
                 model_card.write(r["folder"])
     print(summary_table(rows))

@@ -451,9 +451,10 @@ def embed(folder, name: str, default: bool = False, embedded_dir=None) -> Path:
 
 
 # --- the summary table printed after `edgecut export` --------------------------------------------
-def measure_export(folder, quick_iou: int = 0, runs: int = 5, bench_dir=None) -> dict:
+def measure_export(folder, quick_iou: int = 0, runs: int = 5, sets=None) -> dict:
     """Facts for one exported folder: file size, ms per image at the model's resolution (1 thread,
-    median of `runs`) and, with `quick_iou`, the mean IoU over that many images of each bench set."""
+    median of `runs`) and, with `quick_iou`, the mean IoU over that many images of each of `sets`
+    (the bench sets; found before the export, so a missing or empty one fails before any work)."""
     from ..bench.latency import time_infer
     from ..runtime.session import Session
 
@@ -463,13 +464,12 @@ def measure_export(folder, quick_iou: int = 0, runs: int = 5, bench_dir=None) ->
     row = {"size_mb": (folder / m.file).stat().st_size / 1e6,
            "ms": time_infer(session, runs=runs, warmup=2)["p50_ms"], "iou": None}
     if quick_iou:
-        from ..bench.accuracy import default_data_dir, evaluate_set, find_sets
+        from ..bench.accuracy import _warn, default_data_dir, evaluate_set, find_sets
 
-        root = Path(bench_dir) if bench_dir else default_data_dir()
-        if root.is_dir():
-            ious = [evaluate_set(session, s, limit=quick_iou, log=lambda *_: None)["iou"] for s in find_sets(root)]
-            ious = [v for v in ious if v is not None]
-            row["iou"] = float(np.mean(ious)) if ious else None
+        sets = sets if sets is not None else find_sets(default_data_dir())
+        ious = [evaluate_set(session, s, limit=quick_iou, log=_warn)["iou"] for s in sets]
+        ious = [v for v in ious if v is not None]
+        row["iou"] = float(np.mean(ious)) if ious else None
     return row
 
 

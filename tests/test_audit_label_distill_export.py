@@ -227,6 +227,19 @@ def test_export_embed_into_no_folder_fails_before_the_export(data, tmp_path, mon
     assert not (tmp_path / "o" / "x").exists()
 
 
+def test_export_quick_iou_finds_its_bench_sets_before_the_export(data, tmp_path, monkeypatch, capsys):
+    """An empty bench set failed only after the model was written; no bench folder gave IoU '-' unsaid."""
+    best = _run(tmp_path / "A", data)
+    (tmp_path / "d" / "bench" / "emptyset" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "bench" / "emptyset" / "masks").mkdir()
+    o = ["--name", "x", "--out", str(tmp_path / "o"), "--quick-iou", "2"]
+    monkeypatch.setenv("EDGECUT_DATA", str(tmp_path / "d"))
+    fails(capsys, ["export", str(best), *o], "--quick-iou 2", "no photo has a mask")
+    monkeypatch.setenv("EDGECUT_DATA", str(tmp_path / "none"))
+    fails(capsys, ["export", str(best), *o], "--quick-iou 2", "no such bench folder")
+    assert not (tmp_path / "o").exists()
+
+
 def test_export_of_a_run_without_held_out_photos_writes_strict_json(data, tmp_path, capsys):
     """--holdout 0 scores NaN; the manifest said "iou": NaN (no JSON outside Python) and the card 'IoU nan'."""
     run = tmp_path / "run"
