@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from . import __version__
-from .runtime.errors import EdgecutError
+from .runtime.errors import EdgecutError, UsageError
 
 COMMAND_MODULES = (
     "edgecut.runtime.commands",
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except EdgecutError as e:
         print(f"edgecut {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except OSError as e:
         # A path the user gave that the system refused (a folder that cannot be made, a full
         # disk, a file that vanished): one line naming it, as for EdgecutError.

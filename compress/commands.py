@@ -147,10 +147,10 @@ def add_distill(sub) -> None:
     p.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="train at this square size instead of the variant's (a multiple of 32), e.g. to "
                         "fine-tune for an `export --input-size` model; export then uses it by default")
-    p.add_argument("--pattern-bg", type=float, default=0.0, metavar="P",
+    p.add_argument("--pattern-bg", type=number(0, 1), default=0.0, metavar="P",
                    help="fraction of composites pasted onto a tiled pattern (wrapping paper, prints) instead "
                         "of a photo (default 0)")
-    p.add_argument("--print-fg", type=float, default=0.0, metavar="P",
+    p.add_argument("--print-fg", type=number(0, 1), default=0.0, metavar="P",
                    help="fraction of photos whose subject gets a tiled print over its lower part, alpha "
                         "unchanged (patterned clothing is subject; default 0)")
     p.add_argument("--set-weight", action="append", default=[], metavar="SET=W",
@@ -161,8 +161,8 @@ def add_distill(sub) -> None:
 
 
 def parse_set_weights(items) -> dict:
-    """["a=2", "b=0.5"] -> {"a": 2.0, "b": 0.5}; a malformed, non-positive or infinite weight is a one-line error."""
-    from ..runtime.errors import EdgecutError
+    """["a=2", "b=0.5"] -> {"a": 2.0, "b": 0.5}; a malformed, non-positive or infinite weight is a usage error."""
+    from ..runtime.errors import UsageError
 
     out = {}
     for item in items:
@@ -172,7 +172,7 @@ def parse_set_weights(items) -> dict:
         except ValueError:
             out[name] = float("nan")
         if not name or not 0 < out[name] < float("inf"):
-            raise EdgecutError(f"--set-weight {item}: expected SET=W with a finite W > 0")
+            raise UsageError(f"--set-weight {item}: expected SET=W with a finite W > 0")
     return out
 
 
@@ -191,11 +191,6 @@ def run_distill(args) -> int:
                       threads=args.threads, device=args.device, init=args.init, minutes=args.minutes,
                       workers=args.workers, input_size=asked_input_size(args.input_size),
                       set_weights=parse_set_weights(args.set_weight))
-    from ..runtime.errors import EdgecutError
-
-    for flag, p in (("--pattern-bg", args.pattern_bg), ("--print-fg", args.print_fg)):
-        if not 0 <= p <= 1:
-            raise EdgecutError(f"{flag} {p}: a fraction between 0 and 1")
     cfg.augment.pattern_p, cfg.augment.print_p = args.pattern_bg, args.print_fg
     output_folder(out)
     best = train(cfg, progress=not args.no_progress)
@@ -245,8 +240,13 @@ def check_input_size(px: int, where: str = "") -> int:
 
 def asked_input_size(px) -> int:
     """An --input-size given on the command line (None: not given, the default size, 0): refused, as
-    export refuses it, unless a positive multiple of 32 up to the cap."""
-    return 0 if px is None else check_input_size(px or -1, f"--input-size {px}")
+    export refuses it, unless a positive multiple of 32 up to the cap: a usage error (exit 2)."""
+    from ..runtime.errors import EdgecutError, UsageError
+
+    try:
+        return 0 if px is None else check_input_size(px or -1, f"--input-size {px}")
+    except EdgecutError as e:
+        raise UsageError(str(e)) from None
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def _shipped_student(model_dir: Path, photos):
 
 
 def run_export(args) -> int:
-    from ..runtime.errors import EdgecutError
+    from ..runtime.errors import EdgecutError, UsageError
     from .export import (calibration_photos, describe_data, export_onnx, load_student, measure_export,
                          quantize_int8, summary_table)
 
@@ -398,13 +398,12 @@ def run_export(args) -> int:
     from .loaders import check_name, load_checkpoint
 
     if args.default and not args.embed:
-        raise EdgecutError("--default makes the embedded copy the default model: it needs --embed")
+        raise UsageError("--default makes the embedded copy the default model: it needs --embed")
     if args.heldout_data and not args.calibrate:   # else ignored, and the model silently left uncalibrated
-        raise EdgecutError("--heldout-data is where --calibrate finds the run's photos: it needs --calibrate")
+        raise UsageError("--heldout-data is where --calibrate finds the run's photos: it needs --calibrate")
     if args.not_portable and not (args.int8 and args.format == "onnx"):
-        raise EdgecutError("--not-portable changes the onnx int8 model: it needs --int8 (and --format onnx)")
-    if args.input_size is not None:
-        check_input_size(args.input_size or -1, f"--input-size {args.input_size}")
+        raise UsageError("--not-portable changes the onnx int8 model: it needs --int8 (and --format onnx)")
+    asked_input_size(args.input_size)
     bench_sets = None
     if args.quick_iou:   # the sets are found now: a missing one failed after the export, or gave IoU '-'
         from ..bench.accuracy import default_data_dir, find_sets

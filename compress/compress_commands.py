@@ -5,6 +5,7 @@ Only argparse at import time: torch, torch_pruning and onnxruntime's tools load 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,12 +97,23 @@ def add_finetune_args(p) -> None:
 IMPORTANCES = ("l1", "l2", "taylor", "random", "bn")
 
 
+def KEEP(text: str) -> float:
+    """argparse type of prune's targets: the fraction to keep, in (0, 1)."""
+    v = number(0, 1, lo_open=True)(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"expected the fraction to keep, in (0, 1), got {text!r}")
+    return v
+
+
+KEEP.__name__ = "fraction"
+
+
 def add_prune(sub) -> None:
     p = sub.add_parser("prune", help="structured channel pruning (Torch-Pruning DepGraph) + distillation fine-tune")
     p.add_argument("checkpoint", type=Path, help="best.pt / last.pt from `edgecut distill` (or an earlier pruned.pt)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-macs", type=float, metavar="F", help="fraction of the MACs to keep, e.g. 0.6")
-    target.add_argument("--target-params", type=float, metavar="F", help="fraction of the parameters to keep")
+    target.add_argument("--target-macs", type=KEEP, metavar="F", help="fraction of the MACs to keep, e.g. 0.6")
+    target.add_argument("--target-params", type=KEEP, metavar="F", help="fraction of the parameters to keep")
     p.add_argument("--importance", choices=IMPORTANCES, default="l1",
                    help="channel criterion: l1/l2 weight magnitude, taylor (needs photos), random, bn (BN gamma)")
     p.add_argument("--round-to", type=integer(1), default=8, help="keep channel counts multiples of this (default 8)")
@@ -122,11 +134,6 @@ def run_prune(args) -> int:
 
     ck = load_checkpoint(args.checkpoint)   # missing, a folder or not a checkpoint: one line before any work
     _refuse_ensemble(ck, args.checkpoint, "prune")
-    fraction = args.target_macs if args.target_macs is not None else args.target_params
-    if not 0 < fraction < 1:
-        raise EdgecutError(f"a target is the fraction to keep, between 0 and 1 (got {fraction})")
-    if args.steps < 1 or args.finetune_steps < 0 or args.round_to < 1:
-        raise EdgecutError("--steps and --round-to must be at least 1, --finetune-steps at least 0")
     try:
         import torch_pruning  # noqa: F401
     except ImportError:

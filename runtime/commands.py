@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .argtypes import THREADS, integer
-from .errors import EdgecutError
+from .errors import EdgecutError, UsageError
 from .outputs import output_folder, same_file
 
 PNG_LEVEL = 1       # zlib level: 12 MP RGBA at 1 is ~2x faster to write than 6, ~15% larger
@@ -40,8 +40,6 @@ exit status: 0 all done, 1 some inputs failed (one line each on stderr), 2 usage
 """
 
 
-class UsageError(EdgecutError):
-    pass
 
 
 @dataclass

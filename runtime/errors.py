@@ -6,3 +6,7 @@ The CLI prints it as a single line and exits non-zero; tracebacks are kept for o
 
 class EdgecutError(Exception):
     pass
+
+
+class UsageError(EdgecutError):
+    """A bad option value or combination the argparse types cannot see: exit 2, as theirs."""

@@ -192,8 +192,8 @@ def test_human_masks_stored_as_label_maps_train_as_masks(tmp_path):
 def test_export_refuses_options_it_would_ignore(data, tmp_path, capsys):
     best = _run(tmp_path / "A", data)
     o = ["--name", "x", "--out", str(tmp_path / "o")]
-    fails(capsys, ["export", str(best), *o, "--heldout-data", str(data)], "--heldout-data", "needs --calibrate")
-    fails(capsys, ["export", str(best), *o, "--not-portable"], "--not-portable", "needs --int8")
+    fails(capsys, ["export", str(best), *o, "--heldout-data", str(data)], "--heldout-data", "needs --calibrate", code=2)
+    fails(capsys, ["export", str(best), *o, "--not-portable"], "--not-portable", "needs --int8", code=2)
     assert not (tmp_path / "o").exists()
 
 

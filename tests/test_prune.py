@@ -142,7 +142,7 @@ def test_cli_prune_then_export(checkpoint, tmp_path, capsys):
     assert fast.input_size == (32, 32) and fast.extra["trained_input_size"] == 48 and fast.macs < m.macs
     from edgecut.runtime.session import Session
     assert Session(tmp_path / "e" / "fast").infer(np.zeros((20, 30, 3), np.uint8)).shape == (32, 32)
-    assert main(["export", str(out / "pruned.pt"), "--name", "bad", "--input-size", "7"]) == 1
+    assert main(["export", str(out / "pruned.pt"), "--name", "bad", "--input-size", "7"]) == 2
     assert "--input-size 7" in capsys.readouterr().err
     # bad input: one clear line, non-zero exit
     assert main(["compress", "prune", str(tmp_path / "nope.pt"), "--target-macs", "0.5"]) == 1
