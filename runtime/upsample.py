@@ -109,15 +109,18 @@ def _coefficients(alpha: np.ndarray, guide: np.ndarray, cfg: GuidedUpsample):
     return smooth[:3], smooth[3]
 
 
-def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) weights of a half-pixel-centred, edge-clamped linear upscale (as Pillow's)."""
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+def _bilinear_block(p0: int, p1: int, n_out: int, n_in: int, c0: int, c1: int) -> np.ndarray:
+    """Rows p0..p1, columns c0..c1 of the (n_out, n_in) weights of a half-pixel-centred, edge-clamped
+    linear upscale (as Pillow's): only a tile's block, since the whole matrix grows with the photo's
+    side (a 2 x 1,200,000 strip needed 1.5 GB for it)."""
+    src = (np.arange(p0, p1) + 0.5) * (n_in / n_out) - 0.5
     i0 = np.floor(src).astype(int)
     frac = (src - i0).astype(np.float32)
-    w = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    np.add.at(w, (rows, np.clip(i0, 0, n_in - 1)), 1.0 - frac)
-    np.add.at(w, (rows, np.clip(i0 + 1, 0, n_in - 1)), frac)
+    w = np.zeros((p1 - p0, c1 - c0), np.float32)
+    rows = np.arange(p1 - p0)
+    for idx, weight in ((np.clip(i0, 0, n_in - 1), 1.0 - frac), (np.clip(i0 + 1, 0, n_in - 1), frac)):
+        inside = (idx >= c0) & (idx < c1)
+        np.add.at(w, (rows[inside], idx[inside] - c0), weight[inside])
     return w
 
 
@@ -162,8 +165,6 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
     lo = coef[3] + np.minimum(spread, 0).sum(axis=0)   # extremes over all colours, per guide cell
     hi = coef[3] + np.maximum(spread, 0).sum(axis=0)
     del spread
-    wy = _bilinear_matrix(H, gh)          # (H, gh): full-res row <- guide rows
-    wx = _bilinear_matrix(W, gw).T.copy()  # (gw, W)
     sx, sy = gw / W, gh / H
     out = np.empty((H, W), dtype=np.uint8)
     xs = [(x0, min(W, x0 + cfg.tile)) for x0 in range(0, W, cfg.tile)]   # tile spans across, down
@@ -171,10 +172,12 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
     cols = [_cells(x0, x1, sx, gw) for x0, x1 in xs]
     rows = [_cells(y0, y1, sy, gh) for y0, y1 in ys]
     least, most = _tile_bounds(lo, hi, rows, cols)
+    wxs = [np.ascontiguousarray(_bilinear_block(x0, x1, W, gw, c0, c1).T) for (x0, x1), (c0, c1) in zip(xs, cols)]
 
-    def edge_tile(x0, y0, x1, y1, r0, r1, c0, c1) -> None:
-        # Bilinear upsampling of the 4 coefficient maps as two small matrix products.
-        m = (wy[y0:y1, r0:r1] @ coef[:, r0:r1, c0:c1]) @ wx[c0:c1, x0:x1]
+    def edge_tile(x0, y0, x1, y1, r0, r1, c0, c1, wy, wx) -> None:
+        # Bilinear upsampling of the 4 coefficient maps as two small matrix products:
+        # wy (tile rows, guide rows) @ coef (4, guide rows, guide cols) @ wx (guide cols, tile cols).
+        m = (wy @ coef[:, r0:r1, c0:c1]) @ wx
         rgb = rgb_of(x0, y0, x1, y1)
         v = m[3]
         for c in range(3):
@@ -185,11 +188,13 @@ def guided_upsample(alpha: np.ndarray, photo: Union[Image.Image, np.ndarray],
         np.copyto(out[y0:y1, x0:x1], v, casting="unsafe")
 
     for i, (y0, y1) in enumerate(ys):
+        wy = None
         for j, (x0, x1) in enumerate(xs):
             if most[i, j] - least[i, j] <= 2 * cfg.tolerance:   # e.g. background, or subject at alpha 0.99
                 out[y0:y1, x0:x1] = (least[i, j] + most[i, j]) // 2
             else:
-                edge_tile(x0, y0, x1, y1, *rows[i], *cols[j])
+                wy = _bilinear_block(y0, y1, H, gh, *rows[i]) if wy is None else wy
+                edge_tile(x0, y0, x1, y1, *rows[i], *cols[j], wy, wxs[j])
     return out
 
 
