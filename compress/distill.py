@@ -162,6 +162,24 @@ def training_pairs(cfg: TrainConfig) -> list:
     return pairs
 
 
+def _drop_log_after(path: Path, step: int) -> None:
+    """Keep the log's lines up to `step`: an interrupted run logged steps past its last checkpoint,
+    and a resume logs them again, so a plot of the log drew those steps twice."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    def at(line):
+        try:
+            return json.loads(line).get("step", 0)
+        except (ValueError, AttributeError):
+            return 0      # a line that is no record is kept as it was
+    # a half-written last line (a kill mid-write) has no newline: it goes too
+    kept = [line for line in lines if line.endswith("\n") and at(line) <= step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(kept))
+
+
 def _held_fraction(out: Path):
     """The --holdout a run in `out` was started with (its config.json), or None where unknown."""
     try:
@@ -279,6 +297,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         from . import qat
 
         qat.enable(model)
+    if start == last:   # steps logged after the checkpoint resumed from are run again
+        _drop_log_after(out / "log.jsonl", step)
     log = open(out / "log.jsonl", "a")
     bar = None
     if progress:

@@ -178,10 +178,14 @@ def test_train_checkpoints_logs_and_resumes(train_dir, tmp_path):
     assert best.exists() and (out / "last.pt").exists()
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
     cfg.steps = 6
+    with open(out / "log.jsonl", "a") as f:     # what a run killed after step 4's checkpoint leaves
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + '\n{"step": 6, "lo')
     train(cfg, progress=False)  # resumes at 4, runs 2 more
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evals = [r["step"] for r in log if "holdout" in r]
     assert evals == [2, 4, 6]
+    steps = [r["step"] for r in log]
+    assert steps == sorted(set(steps)) and [r for r in log if r["step"] == 5] != [{"step": 5, "loss": 1.0}]
     assert 0 <= log[-1]["holdout"]["iou"] <= 1
     # another --holdout would move trained-on photos into the held-out split best.pt is chosen on
     from edgecut.runtime.errors import EdgecutError
