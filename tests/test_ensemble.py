@@ -122,6 +122,20 @@ def test_cli_ensemble_exports_to_one_int8_graph_with_both_stems_rewritten(member
     assert np.array_equal(got, ref)            # the rewrite is exact
 
 
+def test_a_member_calibration_that_was_rejected_says_so(members, tmp_path, monkeypatch, capsys):
+    """It printed the identity formula with the rejected fit's IoU, as if the member had been fitted."""
+    import edgecut.compress.calibrate as calibrate
+
+    rejected = {"scale": 1.0, "shift": 0.0, "applied": False, "photos_fit": 1,
+                "before": {"iou": 0.472, "mae": 0.1}, "after": {"iou": 0.0, "mae": 0.5}}
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: dict(rejected))
+    big, small = members
+    a, b = _save(tmp_path / "a", big, BIG), _save(tmp_path / "b", small, SMALL)
+    assert main(["compress", "ensemble", str(a), f"{b}@32", "--out", str(tmp_path / "ens")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " px: " in line]
+    assert len(lines) == 2 and all("calibration not applied" in line and "worse than none" in line for line in lines)
+
+
 def test_cli_ensemble_refuses_bad_members(members, tmp_path, capsys):
     big, _ = members
     a = _save(tmp_path / "a", big, BIG)
