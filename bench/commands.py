@@ -58,6 +58,8 @@ def _int_list(text: str):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not vals or min(vals) < 1 or max(vals) > MAX_THREADS:
         raise argparse.ArgumentTypeError(f"expected integers from 1 to {MAX_THREADS}, got {text!r}")
+    if len(set(vals)) != len(vals):   # 1,1 timed one row without a word: a typo of 1,2?
+        raise argparse.ArgumentTypeError(f"expected distinct thread counts, got {text!r}")
     return vals
 
 

@@ -41,6 +41,7 @@ def _digest(folder):
     ["bench", "accuracy", "--limit", "0"],
     ["bench", "accuracy", "--threads", "-1"],
     ["bench", "latency", "--threads", "1,100000"],
+    ["bench", "latency", "--threads", "1,1"],                  # timed one row without a word
     ["bench", "latency", "--min-time", "nan"],
     ["bench", "latency", "--photo-size", "0x0"],
     ["bench", "latency", "--photo-size", "100000x100000"],
