@@ -385,8 +385,10 @@ def _decode(source: Source, out: "queue.Queue", stop: threading.Event, max_side,
             if max_side and max(frame.shape[:2]) > max_side:
                 h, w = frame.shape[:2]
                 s = max_side / max(w, h)
-                frame = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))),
-                                   interpolation=cv2.INTER_AREA)
+                # even sides: the writers' 4:2:0 formats dropped an odd column, so the file was
+                # 100x76 while the summary said 101x76
+                size = tuple(max(2, round(v * s) // 2 * 2) for v in (w, h))
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
             if source.is_camera and out.full():
                 try:
                     out.get_nowait()

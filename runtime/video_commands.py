@@ -94,7 +94,7 @@ def register(sub) -> None:
                         "(default: every frame)")
     p.add_argument("--max-side", type=integer(16, 16384), metavar="PX",
                    help="shrink frames to this long side before everything else (e.g. 320 on a Pi); "
-                        "the output has this size")
+                        "the output has this size (to an even number of pixels, as video formats need)")
     p.add_argument("--threads", type=THREADS, metavar="N",
                    help="inference threads (default: CPU cores - 1, at most 4: one core is left "
                         "for decoding, compositing and encoding)")

@@ -130,6 +130,8 @@ def test_skip_and_max_side(tiny_session, clip, tmp_path):
     assert len(frames) == 12 and frames[0].shape == (60, 80, 3)
     stats = _run(tiny_session, clip, tmp_path / "n.mp4", max_frames=5)
     assert stats.frames == 5 and len(read_video(tmp_path / "n.mp4")) == 5
+    stats = _run(tiny_session, clip, tmp_path / "odd.mp4", max_side=81, max_frames=2)   # 81x61 would lose a column
+    assert stats.size == (80, 60) and read_video(tmp_path / "odd.mp4")[0].shape == (60, 80, 3)
 
 
 def test_window_mode_without_gui_is_one_clear_line(tiny_model_dir, clip, monkeypatch, capsys):
