@@ -65,7 +65,7 @@ def photo_sets(root: Path, names: Optional[Sequence[str]] = None) -> Dict[str, L
     """The photos to compare on, by set name. Masks play no part here, so a folder of one's own
     photos will do (searched recursively, one set named after the folder): a conversion is best
     checked on the photos it will meet. A bench folder's <set>/images are read with or without masks/."""
-    from ..compress.label import find_images
+    from ..compress.label import IMAGE_EXTS, find_images
     from ..runtime.errors import EdgecutError
 
     root = Path(root)
@@ -88,7 +88,7 @@ def photo_sets(root: Path, names: Optional[Sequence[str]] = None) -> Dict[str, L
     empty = [n for n, files in sets.items() if not files]
     if empty:
         raise EdgecutError(f"{root / empty[0] if empty[0] in found else root}: no photos "
-                           "(.jpg, .png, .webp, .bmp, .tif)")
+                           f"({', '.join(sorted(IMAGE_EXTS))})")
     return sets
 
 

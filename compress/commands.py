@@ -14,15 +14,18 @@ from ..runtime.argtypes import THREADS, integer, number
 MAX_INPUT_SIZE = 2048   # px: a student at 2048 px already needs GBs per photo; a typo such as 100000 is refused
 
 
-def fraction_below_one(text: str) -> float:
-    """argparse type of --holdout: a finite fraction in [0, 1) (1 would hold out every photo)."""
-    v = number(0, 1)(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return v
+def fraction(lo_open: bool = False):
+    """argparse type of a finite fraction below 1: in [0, 1), or (0, 1) with lo_open."""
+    def parse(text: str) -> float:
+        v = number(0, 1, lo_open=lo_open)(text)
+        if v >= 1:
+            raise argparse.ArgumentTypeError(f"expected a fraction in {'(' if lo_open else '['}0, 1), got {text!r}")
+        return v
+    parse.__name__ = "fraction"
+    return parse
 
 
-fraction_below_one.__name__ = "fraction"
+fraction_below_one = fraction()   # --holdout: 1 would hold out every photo
 POSITIVE = number(0, 10, lo_open=True)   # learning rates: 1e300 overflows torch's optimiser state
 SEED = integer(0, 2**32 - 1)             # what torch and numpy seed with; 1e20 overflows them
 
@@ -467,20 +470,13 @@ def run_export(args) -> int:
                              for m in ck["ensemble"]]
     if args.calibrate:
         from .calibrate import calibrate
-        from .model_card import calibration_formula
+        from .model_card import calibration_outcome
 
         try:
             extra["calibration"] = cal = calibrate(model, args.checkpoint.parent, args.heldout_data)
         except (FileNotFoundError, ValueError) as e:   # no run folder, its photos elsewhere, none held out
             raise EdgecutError(str(e)) from None
-        if cal.get("applied") is False:
-            print(f"calibration not applied: on {cal['photos_fit']} held-out photos, 2-fold cross-validated IoU "
-                  f"{cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, MAE {cal['before']['mae']:.4f} -> "
-                  f"{cal['after']['mae']:.4f}, worse than none")
-        else:
-            print(f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; 2-fold "
-                  f"cross-validated IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, "
-                  f"MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
+        print(calibration_outcome(cal))
     rows = []
     if shipped is not None:   # the new file says what the shipped one said of its teachers, data and terms
         data, args.notes = shipped.data, args.notes or shipped.notes

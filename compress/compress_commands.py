@@ -5,13 +5,13 @@ Only argparse at import time: torch, torch_pruning and onnxruntime's tools load 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..runtime.argtypes import THREADS, integer, number
-from .commands import POSITIVE, SEED, add_data_args, asked_input_size, data_options, fraction_below_one, train_root
+from .commands import (POSITIVE, SEED, add_data_args, asked_input_size, data_options, fraction, fraction_below_one,
+                       train_root)
 
 
 def register(sub) -> None:
@@ -97,15 +97,7 @@ def add_finetune_args(p) -> None:
 IMPORTANCES = ("l1", "l2", "taylor", "random", "bn")
 
 
-def KEEP(text: str) -> float:
-    """argparse type of prune's targets: the fraction to keep, in (0, 1)."""
-    v = number(0, 1, lo_open=True)(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"expected the fraction to keep, in (0, 1), got {text!r}")
-    return v
-
-
-KEEP.__name__ = "fraction"
+KEEP = fraction(lo_open=True)   # prune's targets: the fraction to keep
 
 
 def add_prune(sub) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..runtime.errors import EdgecutError
 from ..runtime.outputs import same_file
 from .commands import check_input_size
-from .model_card import calibration_formula
+from .model_card import calibration_formula, calibration_outcome
 from .soup import save_run
 
 DROP = ("opt", "holdout", "best", "steps", "model", "calibration")
@@ -73,13 +73,7 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
                 entry["calibration"] = cal = calibrate(model, path.parent, heldout_data)
             except (FileNotFoundError, ValueError) as e:   # no run, its photos elsewhere, none held out
                 raise EdgecutError(str(e)) from None
-            if cal.get("applied") is False:   # as export --calibrate says it: the rejected fit's score is no result
-                print(f"{path} at {size} px: calibration not applied (2-fold cross-validated IoU "
-                      f"{cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} on {cal['photos_fit']} held-out "
-                      "photos, worse than none)")
-            else:
-                print(f"{path} at {size} px: {calibration_formula(cal)}, "
-                      f"held-out IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f} (2-fold)")
+            print(f"{path} at {size} px: {calibration_outcome(cal)}")
         entries.append({**entry, "model": model.state_dict(), "input_size": size, "source": str(path)})
     # the held-out split that `export --calibrate` uses: the first member that has a run (a recovered one has none)
     runs = [p.parent for p, _ in members if _has_run(p)]

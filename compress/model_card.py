@@ -52,6 +52,15 @@ def calibration_formula(cal: dict) -> str:
     return f"alpha = sigmoid({cal['scale']:.3f} z {cal['shift']:+.3f})"
 
 
+def calibration_outcome(cal: dict) -> str:
+    """What a fit did, in one line: export --calibrate and compress ensemble print it alike."""
+    scores = (f"2-fold cross-validated IoU {cal['before']['iou']:.4f} -> {cal['after']['iou']:.4f}, "
+              f"MAE {cal['before']['mae']:.4f} -> {cal['after']['mae']:.4f}")
+    if cal.get("applied") is False:
+        return f"calibration not applied: on {cal['photos_fit']} held-out photos, {scores}, worse than none"
+    return f"calibrated on {cal['photos_fit']} held-out photos: {calibration_formula(cal)}; {scores}"
+
+
 def _calibration_line(m: Manifest):
     cal = m.extra.get("calibration")
     if not cal:

@@ -40,8 +40,6 @@ exit status: 0 all done, 1 some inputs failed (one line each on stderr), 2 usage
 """
 
 
-
-
 @dataclass
 class Job:
     src: Optional[Path]          # None: stdin
