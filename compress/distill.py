@@ -71,15 +71,16 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The torch device for --device; one the name or this machine cannot give is an EdgecutError."""
-    from ..runtime.errors import EdgecutError
+    """The torch device for --device: a name that is no device is a usage error (exit 2); a device
+    this machine lacks is an EdgecutError (exit 1), as a missing file is."""
+    from ..runtime.errors import EdgecutError, UsageError
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise EdgecutError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1 ...)") from None
+        raise UsageError(f"--device {name}: not a torch device (auto, cpu, cuda, cuda:1 ...)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise EdgecutError(f"--device {name}: torch sees no CUDA device")
@@ -89,7 +90,7 @@ def pick_device(name: str = "auto") -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise EdgecutError(f"--device {name}: torch sees no MPS device")
     elif device.type != "cpu":
-        raise EdgecutError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"--device {name}: use auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..runtime.errors import EdgecutError
+from ..runtime.errors import EdgecutError, UsageError
 from ..runtime.outputs import same_file
 from .commands import check_input_size
 from .model_card import calibration_formula, calibration_outcome
@@ -24,8 +24,11 @@ def parse_member(text: str) -> tuple[Path, int | None]:
     """`runs/x/best.pt@256` -> (path, 256); without `@SIZE`, the size the run trained at."""
     path, _, size = text.rpartition("@") if "@" in text else (text, "", "")
     if size and not size.isdigit():
-        raise EdgecutError(f"{text}: the size after @ must be a number of pixels")
-    return Path(path), check_input_size(int(size) or -1, text) if size else None   # @0 refused, as --input-size 0
+        raise UsageError(f"{text}: the size after @ must be a number of pixels")
+    try:
+        return Path(path), check_input_size(int(size) or -1, text) if size else None   # @0 refused, as --input-size 0
+    except EdgecutError as e:   # a size typed on the command line: a usage error, as --input-size's
+        raise UsageError(str(e)) from None
 
 
 def _has_run(checkpoint: Path) -> bool:
@@ -40,27 +43,27 @@ def build(members: list[tuple[Path, int | None]], out: Path, name: str, calibrat
     from .export import load_student
 
     if len(members) < 2:
-        raise EdgecutError("an ensemble needs at least two checkpoints")
+        raise UsageError("an ensemble needs at least two checkpoints")
     for path, _ in members:   # a folder or a file that is no checkpoint: load_student says which
         if not path.exists():
             raise EdgecutError(f"{path}: no such checkpoint")
     loaded = [load_student(path) for path, _ in members]   # every member readable before any is calibrated
-    entries, seen = [], []
-    for (path, size), (model, ck) in zip(members, loaded):
+    seen = []
+    for (path, size), (model, ck) in zip(members, loaded):   # and every member checked: calibrating takes a while
         if ck.get("ensemble"):
             raise EdgecutError(f"{path}: already an ensemble")
         size = size or model.cfg.input_size
         twin = next((p for p, s in seen if s == size and same_file(p, path)), None)
         if twin is not None:   # one student twice at one size: the mean of its logits is its logits
-            raise EdgecutError(f"{path}: given twice at {size} px ({twin}); an ensemble needs different "
-                               "students, or one at different sizes")
-        seen.append((path, size))
-        model.cfg = replace(model.cfg, input_size=size)
-        norm = (tuple(model.cfg.mean), tuple(model.cfg.std))
-        if not entries:
-            first_norm = norm
-        elif norm != first_norm:
+            raise UsageError(f"{path}: given twice at {size} px ({twin}); an ensemble needs different "
+                             "students, or one at different sizes")
+        first = loaded[0][0].cfg
+        if (tuple(model.cfg.mean), tuple(model.cfg.std)) != (tuple(first.mean), tuple(first.std)):
             raise EdgecutError(f"{path}: normalises its input unlike {members[0][0]} (mean/std differ)")
+        seen.append((path, size))
+    entries = []
+    for (path, size), (model, ck) in zip(seen, loaded):
+        model.cfg = replace(model.cfg, input_size=size)
         entry = {k: v for k, v in ck.items() if k not in DROP}
         shipped = ck.get("calibration") if ck.get("recovered_from") else None
         if calibrate_members and shipped and not _has_run(path):

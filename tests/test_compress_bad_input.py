@@ -213,7 +213,8 @@ def test_other_verbs_refuse_bad_numbers(w, tmp_path, tiny_model_dir, capsys):
         fails(capsys, argv, code=2)
     run = ["distill", "--variant", TINY.name, "--data", d, "--out", str(tmp_path / "r"), "--steps", "1"]
     fails(capsys, [*run, "--input-size", "100000"], "--input-size 100000", "at most 2048", code=2)
-    fails(capsys, [*run, "--device", "bogus"], "--device bogus")
+    fails(capsys, [*run, "--device", "bogus"], "--device bogus", "not a torch device", code=2)
+    fails(capsys, [*run, "--device", "meta"], "--device meta", "use auto, cpu, cuda", code=2)
     if not torch.cuda.is_available():
         fails(capsys, [*run, "--device", "cuda"], "--device cuda: torch sees no CUDA device")
         fails(capsys, ["compress", "qat", str(w.a), "--data", d, "--device", "cuda", "--out", str(tmp_path / "q")],
@@ -511,8 +512,12 @@ def test_input_sizes_from_checkpoints_and_members_are_checked(w, tmp_path, capsy
                    "--input-size", "0"], "--input-size 0", "positive multiple of 32", code=2)
     fails(capsys, ["compress", "qat", str(w.a), "--data", str(w.data), "--out", str(tmp_path / "q"),
                    "--input-size", "0"], "--input-size 0", "positive multiple of 32", code=2)
-    fails(capsys, ["compress", "ensemble", f"{w.a}@0", str(w.b), "--out", str(tmp_path / "e")],
-          f"{w.a}@0", "positive multiple of 32")
+    ens = ["compress", "ensemble", "--out", str(tmp_path / "e")]
+    fails(capsys, [*ens, f"{w.a}@0", str(w.b)], f"{w.a}@0", "positive multiple of 32", code=2)   # typed: usage
+    fails(capsys, [*ens, f"{w.a}@big", str(w.b)], f"{w.a}@big", "number of pixels", code=2)
+    fails(capsys, [*ens, f"{w.a}@4096", str(w.b)], "at most 2048", code=2)
+    fails(capsys, [*ens, str(w.a)], "at least two checkpoints", code=2)
+    fails(capsys, [*ens, str(w.a), str(w.a)], "given twice", code=2)
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
 
 

@@ -139,12 +139,12 @@ def test_a_member_calibration_that_was_rejected_says_so(members, tmp_path, monke
 def test_cli_ensemble_refuses_bad_members(members, tmp_path, capsys):
     big, _ = members
     a = _save(tmp_path / "a", big, BIG)
-    assert main(["compress", "ensemble", str(a), "--out", str(tmp_path / "e")]) == 1
+    assert main(["compress", "ensemble", str(a), "--out", str(tmp_path / "e")]) == 2
     assert "at least two" in capsys.readouterr().err
-    assert main(["compress", "ensemble", str(a), f"{a}@big", "--out", str(tmp_path / "e")]) == 1
+    assert main(["compress", "ensemble", str(a), f"{a}@big", "--out", str(tmp_path / "e")]) == 2
     assert "must be a number" in capsys.readouterr().err
     assert main(["compress", "ensemble", str(a), f"{a}@48", "--out", str(tmp_path / "e"),
-                 "--no-calibrate-members"]) == 1
+                 "--no-calibrate-members"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert main(["compress", "ensemble", str(a), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
