@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.errors import EdgecutError
+from ..runtime.imageio import load_mask
 from .cache import PredictionCache
 from .metrics import METRICS, SetMetrics, valid_mask
 
@@ -78,28 +79,6 @@ def find_sets(root: Path, names: Optional[Sequence[str]] = None) -> List[BenchSe
         if not names:
             raise EdgecutError(f"{root}: no <set>/images folders")
     return [load_set(root, n) for n in names]
-
-
-def load_mask(path: Path) -> np.ndarray:
-    """A 0/255 (128 = ignore) uint8 mask from the ways other data sets store one: 16-bit PNGs
-    (0..65535), label maps of 0/1, cut-outs whose alpha channel is the mask, and colour masks
-    (white or a colour on black). Read as plain grey levels, the last three score as empty or
-    all-background masks without a word."""
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16L", "I;16B", "I"):
-            a = np.asarray(im).astype(np.float64)
-            m = np.round(a / 257.0).astype(np.uint8) if a.max() > 255 else np.clip(a, 0, 255).astype(np.uint8)
-        elif "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
-            m = np.asarray(im.getchannel("A"))
-        elif im.mode in ("RGB", "RGBA"):
-            # the brightest channel: a red-on-black mask is 76 in luma and scored as all background;
-            # a grey one (and its 128 band) reads the same either way
-            m = np.asarray(im.convert("RGB")).max(axis=2)
-        else:
-            m = np.asarray(im.convert("L"))
-    if m.max() == 1:                                  # a 0/1 label map
-        m = m * np.uint8(255)
-    return m
 
 
 def predict(session, rgb, size_hw: Tuple[int, int], refine: bool = True) -> np.ndarray:

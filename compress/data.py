@@ -103,12 +103,10 @@ def open_pair(pair: Pair, max_side: int = 320, resample=Image.BILINEAR):
     is the photo's filter when shrinking (the alpha is always bilinear). The photo is read as the
     runtime and `edgecut label` read it (upright by its EXIF orientation, 16-bit scaled, not
     clipped): a phone photo stored sideways would otherwise train sideways against its upright label."""
-    from ..runtime.imageio import load_image
+    from ..runtime.imageio import load_image, load_mask
 
     img = load_image(pair.image)
     if pair.human:   # 0/1 label maps, 16-bit PNGs and cut-outs read as the benchmark reads masks, not as empty
-        from ..bench.accuracy import load_mask
-
         alpha = Image.fromarray(load_mask(pair.alpha))
     else:
         alpha = Image.open(pair.alpha).convert("L")

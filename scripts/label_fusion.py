@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from edgecut.bench.accuracy import default_data_dir, load_mask
+from edgecut.bench.accuracy import default_data_dir
+from edgecut.runtime.imageio import load_mask
 from edgecut.bench.metrics import iou, mae
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from edgecut.bench import accuracy, gallery, metrics
 from edgecut.cli import main
+from edgecut.runtime import imageio
 from edgecut.runtime.errors import EdgecutError
 
 
@@ -92,7 +93,7 @@ def test_masks_stored_other_ways_read_as_0_255(tmp_path, form):
     else:
         im = Image.fromarray(truth).convert("LA")
     im.save(tmp_path / "m.png")
-    np.testing.assert_array_equal(accuracy.load_mask(tmp_path / "m.png"), truth, err_msg=form)
+    np.testing.assert_array_equal(imageio.load_mask(tmp_path / "m.png"), truth, err_msg=form)
 
 
 def test_bench_accuracy_end_to_end(tiny_model_dir, fake_bench, tmp_path, capsys):
@@ -127,8 +128,8 @@ def test_bench_accuracy_worst_names_and_draws_the_lowest_iou_photos(tiny_model_d
         for image, mask in accuracy.find_sets(fake_bench)[0].pairs:
             from edgecut.runtime.session import Session
             pred = accuracy.predict(Session(tiny_model_dir), Image.open(image).convert("RGB"),
-                                    accuracy.load_mask(mask).shape)
-            scores[image.name] = metrics.iou(pred, accuracy.load_mask(mask))
+                                    imageio.load_mask(mask).shape)
+            scores[image.name] = metrics.iou(pred, imageio.load_mask(mask))
         worst = min(scores, key=scores.get)
         assert [w["photo"] for w in g["worst"]] == [worst]
         assert g["worst"][0]["iou"] == pytest.approx(scores[worst])
