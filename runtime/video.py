@@ -382,13 +382,15 @@ def _decode(source: Source, out: "queue.Queue", stop: threading.Event, max_side,
             ok, frame = source.capture.read()
             if not ok:
                 break
-            if max_side and max(frame.shape[:2]) > max_side:
-                h, w = frame.shape[:2]
+            h, w = frame.shape[:2]
+            # even sides: the writers' 4:2:0 formats drop an odd row or column, so the file was
+            # 100x76 while the summary said 101x76
+            if max_side and max(h, w) > max_side:
                 s = max_side / max(w, h)
-                # even sides: the writers' 4:2:0 formats dropped an odd column, so the file was
-                # 100x76 while the summary said 101x76
                 size = tuple(max(2, round(v * s) // 2 * 2) for v in (w, h))
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            elif (h | w) & 1 and min(h, w) > 1:   # a clip made elsewhere: its last row/column goes
+                frame = frame[:h // 2 * 2, :w // 2 * 2]
             if source.is_camera and out.full():
                 try:
                     out.get_nowait()

@@ -134,6 +134,28 @@ def test_skip_and_max_side(tiny_session, clip, tmp_path):
     assert stats.size == (80, 60) and read_video(tmp_path / "odd.mp4")[0].shape == (60, 80, 3)
 
 
+def test_a_clip_with_odd_sides_is_written_and_reported_at_even_sides(tiny_session, tmp_path):
+    # OpenCV here writes no odd-sided file, so the source is a capture that returns 161x121 frames,
+    # as a clip made by another encoder does; the writers' 4:2:0 formats would drop a column and a row
+    base, _ = synthetic_photo((161, 121))
+
+    class OddCapture:
+        def __init__(self):
+            self.left = 3
+
+        def read(self):
+            self.left -= 1
+            return (True, base[..., ::-1].copy()) if self.left >= 0 else (False, None)
+
+        def release(self):
+            pass
+
+    stats = video.run_video(tiny_session, video.Source(OddCapture(), "odd", 25.0, False),
+                            video.FileSink(tmp_path / "odd.mp4", 25.0), video.VideoConfig(report_every=0))
+    assert stats.frames == 3 and stats.size == (160, 120)
+    assert read_video(tmp_path / "odd.mp4")[0].shape == (120, 160, 3)
+
+
 def test_window_mode_without_gui_is_one_clear_line(tiny_model_dir, clip, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
