@@ -36,6 +36,21 @@ def _fraction(text: str) -> float:
     return v
 
 
+def slow_int8_note(model: str, session) -> str:
+    """A hint for the Raspberry Pi 4 or the older laptop: without int8 dot-product instructions
+    the default (two students in one graph) runs several times slower, and live video wants the
+    192 px model instead. '' when the user chose a model, or where the hint does not apply."""
+    from .cpu import int8_dot
+
+    if model != "default" or session.manifest.precision != "int8":
+        return ""
+    dot = int8_dot()
+    if not dot.startswith("none"):
+        return ""
+    return (f"this CPU has no int8 dot product ({dot}), so the default model runs several times slower "
+            "than on one with it; for a live frame rate try --model edgecut-fast")
+
+
 def run_video(args) -> int:
     from pathlib import Path
 
@@ -58,6 +73,10 @@ def run_video(args) -> int:
     except BaseException:
         source.capture.release()
         raise
+    if not args.quiet:
+        note = slow_int8_note(args.model, session)
+        if note:
+            print(f"edgecut video: note: {note}", file=sys.stderr)
     stats = video.run_video(session, source, sink, cfg)
     if not args.quiet:
         print(f"edgecut video: {stats.summary()}", file=sys.stderr)

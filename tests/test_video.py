@@ -156,6 +156,22 @@ def test_a_clip_with_odd_sides_is_written_and_reported_at_even_sides(tiny_sessio
     assert read_video(tmp_path / "odd.mp4")[0].shape == (120, 160, 3)
 
 
+def test_the_default_model_on_a_cpu_without_int8_dot_product_suggests_the_fast_one(clip, tmp_path, monkeypatch,
+                                                                                    capsys):
+    from edgecut.runtime import cpu
+
+    for dot, model, noted in [("none (AVX2 only)", None, True), ("none", None, True),
+                              ("AVX-512 VNNI", None, False), ("none (AVX2 only)", "edgecut-fast", False)]:
+        monkeypatch.setattr(cpu, "int8_dot", lambda dot=dot: dot)
+        argv = ["video", "-i", str(clip), "-o", str(tmp_path / "o.mp4"), "--frames", "2"]
+        assert main(argv + (["--model", model] if model else [])) == 0
+        err = capsys.readouterr().err
+        assert ("note: this CPU has no int8 dot product" in err) == noted, (dot, model, err)
+        assert ("--model edgecut-fast" in err) == noted
+    assert main(["video", "-i", str(clip), "-o", str(tmp_path / "o.mp4"), "--frames", "2", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_window_mode_without_gui_is_one_clear_line(tiny_model_dir, clip, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
