@@ -52,10 +52,10 @@ def w(tmp_path_factory):
     return ns
 
 
-def fails(capsys, argv, *needles):
-    """main(argv) exits 1 with one line on stderr naming each needle (besides quantize's note of its
-    calibration photos), and no traceback."""
-    assert main(argv) == 1
+def fails(capsys, argv, *needles, code=1):
+    """main(argv) exits `code` (1, or 2 for a usage error) with one line on stderr naming each needle
+    (besides quantize's note of its calibration photos), and no traceback."""
+    assert main(argv) == code
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if not line.startswith("calibrating on ")]
     assert "Traceback" not in err and len(lines) == 1, err
@@ -128,7 +128,7 @@ def test_a_failed_run_leaves_no_out_folder(w, tmp_path, capsys):
     o = tmp_path / "o"
     fails(capsys, ["compress", "soup", str(w.a), str(png), "--out", str(o / "s1")], png, "not an edgecut checkpoint")
     fails(capsys, ["compress", "soup", str(w.a), "--out", str(o / "s2")], "at least two")
-    fails(capsys, ["compress", "ensemble", str(w.a), "--out", str(o / "e1")], "at least two")
+    fails(capsys, ["compress", "ensemble", str(w.a), "--out", str(o / "e1")], "at least two", code=2)
     fails(capsys, ["compress", "ensemble", str(w.a), str(w.b), "--out", str(o / "e2"), "--heldout-data",
                    str(tmp_path / "nowhere")], "--heldout-data")
     fails(capsys, ["compress", "recover", str(w.fp32), "--out", str(o / "r1"), "--photos", str(empty)],
@@ -142,7 +142,7 @@ def test_the_same_checkpoint_twice_is_refused(w, tmp_path, capsys):
     again = w.a.parent / ".." / w.a.parent.name / "best.pt"   # another spelling of one file
     fails(capsys, ["compress", "soup", str(w.a), str(again), "--out", str(tmp_path / "s")], again, "given twice")
     fails(capsys, ["compress", "ensemble", str(w.a), f"{w.a}@{TINY.input_size}", "--out", str(tmp_path / "e"),
-           "--no-calibrate-members"], "given twice at 32 px")
+           "--no-calibrate-members"], "given twice at 32 px", code=2)
     assert not (tmp_path / "s").exists() and not (tmp_path / "e").exists()
     # one student at two sizes is an ensemble
     assert main(["compress", "ensemble", str(w.a), f"{w.a}@64", "--out", str(tmp_path / "e2"),
