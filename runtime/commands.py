@@ -378,8 +378,9 @@ def run_models(args) -> int:
     dot = int8_dot()
     print(f"this CPU: int8 dot product {dot}")
     if dot.startswith("none"):
-        print("  (int8 runs several times slower without dot-product instructions: on an x86 CPU with "
-              "AVX2 alone the default took 24 ms against 6.7 ms with VNNI; edgecut-fast is the model for live use)")
+        print("  (int8 runs several times slower without dot-product instructions: on two x86 CPUs with "
+              "AVX2 alone the default took 15-24 ms against 4.8-6.7 ms with VNNI; edgecut-medium-pruned "
+              "(7-8 ms there) and edgecut-fast (4-7 ms) are the models for live use)")
     return 1 if problems else 0
 
 

@@ -2,8 +2,8 @@
 
 Why the runtime cares: onnxruntime's int8 kernels are several times faster with dot-product
 instructions (x86 VNNI, ARM dot product) than without, more than clock or core count moves them.
-The same 7-bit default took 6.7 ms on a 2-core AMD EPYC with AVX-512 VNNI and 24 ms on one with
-AVX2 alone (2026-12-02), so `edgecut models` says which kind of CPU it runs on and the benchmarks
+The same 7-bit default took 4.8-6.7 ms on 2-core AMD EPYCs with AVX-512 VNNI and 15-24 ms on two with
+AVX2 alone (2026-12-02 and 12-08), so `edgecut models` says which kind of CPU it runs on and the benchmarks
 record it beside every figure.
 """
 from __future__ import annotations

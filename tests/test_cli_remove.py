@@ -263,7 +263,7 @@ def test_models_says_what_the_cpu_offers_int8(model_zoo, monkeypatch, capsys, fl
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert f"this CPU: int8 dot product {says}" in out
-    assert ("edgecut-fast is the model for live use" in out) == hint
+    assert ("edgecut-fast (4-7 ms) are the models for live use" in out) == hint
 
 
 def test_models_without_any(tmp_path, monkeypatch, capsys):
