@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from edgecut.bench.accuracy import default_data_dir
-from edgecut.runtime.imageio import load_mask
 from edgecut.bench.metrics import iou, mae
+from edgecut.runtime.imageio import load_mask
 
 
 def blends(t: np.ndarray, m: np.ndarray) -> dict:
