@@ -36,11 +36,13 @@ test: $(VENV)/.dev
 
 # --- the commands behind the shipped model and the README's tables (long: run by hand) ---------
 bench-accuracy: $(VENV)/.dev
+	$(BIN)/edgecut fetch-teacher
 	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast \
 	    --model edgecut-medium --model edgecut-small --model teacher:isnet-imgly \
 	    --cache runs/cache/predictions --threads 1 --json bench/results/accuracy-default.json
 
 bench-latency: $(VENV)/.dev
+	$(BIN)/edgecut fetch-teacher
 	$(BIN)/edgecut bench latency --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
 	    --model teacher:isnet-imgly --profile --json bench/results/latency-default.json
 
@@ -76,6 +78,7 @@ REPORT_MODELS ?= edgecut-duo runs/export/edgecut-duo edgecut-accurate runs/expor
                  runs/export/edgecut-accurate-tflite runs/export/edgecut-accurate-tflite-int8 \
                  teacher:isnet-imgly peer:mediapipe-selfie
 bench-report: exports
+	$(BIN)/edgecut fetch-teacher
 	$(BIN)/edgecut fetch-peer mediapipe-selfie
 	$(BIN)/edgecut bench report --data $(DATA)/bench $(foreach m,$(REPORT_MODELS),--model $(m)) \
 	    --cache runs/cache/predictions --out bench/results/report
